@@ -1,0 +1,259 @@
+"""The ASGI application: routes requests to the rerank flow or through to OpenSearch."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, Mapping
+from urllib.parse import parse_qsl, urlencode
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .config import IndexSettings, Settings
+from .errors import RerankError
+from .passages import hit_text
+from .reranker import OnnxReranker, Reranker
+from .search import SearchPlan, plan_search, rebuild_response, window_hits
+from .upstream import Upstream, UpstreamResponse, forwardable_headers, response_headers
+
+__all__ = ["RerankProxy", "create_app", "load_rerankers"]
+
+logger = logging.getLogger("es_rerank")
+
+_JSON_TYPES = ("application/json", "application/x-ndjson", "text/plain")
+_OFF = {"false", "0", "off", "no"}
+
+
+def _json_response(body: Any, status: int, headers: list[tuple[str, str]] | None = None) -> Response:
+    content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    response = Response(content, status_code=status, media_type="application/json; charset=UTF-8")
+    for key, value in headers or []:
+        response.headers.append(key, value)
+    return response
+
+
+def error_response(exc: RerankError) -> Response:
+    return _json_response(exc.to_body(), exc.status)
+
+
+def load_rerankers(settings: Settings) -> dict[str, Reranker]:
+    """One ONNX Runtime session per configured model."""
+    return {name: OnnxReranker.from_settings(name, spec) for name, spec in settings.models.items()}
+
+
+class RerankProxy:
+    """The proxy. ``upstream`` and ``rerankers`` are passed in, so tests and
+    embedders choose the transport and the models."""
+
+    def __init__(
+        self, settings: Settings, *, upstream: Upstream, rerankers: Mapping[str, Reranker]
+    ) -> None:
+        self.settings = settings
+        self.upstream = upstream
+        self.rerankers = dict(rerankers)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        request = Request(scope, receive)
+        try:
+            response = await self.handle(request)
+        except RerankError as exc:
+            response = error_response(exc)
+        except Exception:  # never a stack trace in a response; it goes to the log
+            logger.exception("unexpected error on %s %s", request.method, request.url.path)
+            response = error_response(RerankError("internal error in es-rerank (see its log)"))
+        await response(scope, receive, send)
+
+    async def _lifespan(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.upstream.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- routing ---------------------------------------------------------------
+
+    async def handle(self, request: Request) -> Response:
+        path = request.url.path
+        if path.startswith("/_rerank/"):
+            return await self._own_endpoint(request, path)
+        parts = path.strip("/").split("/")
+        if (
+            len(parts) == 2
+            and parts[1] == "_search"
+            and request.method in ("GET", "POST")
+            and parts[0]
+            and not parts[0].startswith("_")
+        ):
+            spec = self.settings.index_for(parts[0])
+            if spec is not None:
+                return await self.search(request, spec)
+        return await self.passthrough(request)
+
+    async def _own_endpoint(self, request: Request, path: str) -> Response:
+        if path == "/_rerank/health" and request.method in ("GET", "HEAD"):
+            models = {name: r.info() for name, r in self.rerankers.items()}
+            return _json_response({"status": "ok", "models": models}, 200)
+        from .errors import error_body
+
+        return _json_response(
+            error_body("rerank_resource_not_found_exception", f"no es-rerank endpoint [{path}]", 404),
+            404,
+        )
+
+    # -- pass-through ----------------------------------------------------------
+
+    @staticmethod
+    def _raw_target(request: Request) -> tuple[bytes, bytes]:
+        scope = request.scope
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        return raw_path.split(b"?", 1)[0], scope.get("query_string", b"")
+
+    async def passthrough(self, request: Request, *, extra: list[tuple[str, str]] = ()) -> Response:
+        raw_path, query = self._raw_target(request)
+        body = await request.body()
+        answer = await self.upstream.request(
+            request.method,
+            raw_path,
+            query,
+            headers=forwardable_headers(request.headers.items()),
+            content=body,
+        )
+        return self._relay(answer, extra)
+
+    @staticmethod
+    def _relay(answer: UpstreamResponse, extra=()) -> Response:
+        response = Response(answer.content, status_code=answer.status)
+        response.raw_headers = [
+            (k.lower().encode("latin-1"), v.encode("latin-1"))
+            for k, v in [*response_headers(answer.headers), *extra]
+        ]
+        return response
+
+    # -- the rerank flow -------------------------------------------------------
+
+    async def search(self, request: Request, spec: IndexSettings) -> Response:
+        started = time.perf_counter()
+        raw_path, query = self._raw_target(request)
+        body_bytes = await request.body()
+        content_type = request.headers.get("content-type", "application/json").lower()
+        params = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+
+        body: Any = None
+        if body_bytes.strip():
+            if not content_type.startswith(_JSON_TYPES):
+                return await self.passthrough(request, extra=[("x-rerank", "skipped"), ("x-rerank-reason", "content_type")])
+            try:
+                body = json.loads(body_bytes)
+            except ValueError:
+                # OpenSearch answers malformed JSON with its own error: let it.
+                return await self.passthrough(request, extra=[("x-rerank", "skipped"), ("x-rerank-reason", "unparsed_body")])
+        if any(k in ("source", "source_content_type") for k, _ in params):
+            return await self.passthrough(request, extra=[("x-rerank", "skipped"), ("x-rerank-reason", "source_param")])
+
+        plan = plan_search(
+            spec,
+            body,
+            params,
+            models=list(self.rerankers),
+            default_model=self.settings.model_for(spec),
+            disabled_by_header=request.headers.get("x-rerank-enabled", "").lower() in _OFF,
+        )
+        headers = forwardable_headers(request.headers.items(), drop=frozenset({"content-type"}))
+        marks = [("x-rerank", "reranked" if plan.rerank else "skipped"), ("x-rerank-reason", plan.reason)]
+        if not plan.rerank:
+            if plan.body == body:  # nothing of ours to strip: send the bytes as they came
+                return await self.passthrough(request, extra=marks)
+            answer = await self.upstream.request(
+                request.method,
+                raw_path,
+                query,
+                headers=[*headers, ("content-type", "application/json")],
+                content=json.dumps(plan.body).encode(),
+            )
+            return self._relay(answer, marks)
+
+        t_upstream = time.perf_counter()
+        answer = await self.upstream.request(
+            "POST",
+            raw_path,
+            urlencode(plan.params).encode(),
+            headers=[*[(k, v) for k, v in headers if k.lower() != "accept-encoding"], ("content-type", "application/json")],
+            content=json.dumps(plan.body).encode(),
+            decode=True,
+        )
+        upstream_ms = (time.perf_counter() - t_upstream) * 1000
+        if answer.status != 200:
+            return self._relay(answer, [("x-rerank", "skipped"), ("x-rerank-reason", "upstream_error")])
+        data = json.loads(answer.content)
+
+        reranker = self.rerankers[plan.model]
+        scores, outcome = await self._score(reranker, plan, spec, data)
+        rerank_ms = outcome.pop("ms")
+        proxy_ms = int(round((time.perf_counter() - started) * 1000 - upstream_ms))
+        rebuilt = rebuild_response(
+            plan, data, scores, proxy_ms=proxy_ms, expose_first_stage=spec.expose_first_stage
+        )
+        pretty = any(k == "pretty" and v.lower() != "false" for k, v in params)
+        content = json.dumps(rebuilt, separators=None if pretty else (",", ":"), indent=2 if pretty else None, ensure_ascii=False).encode()
+        extra = [
+            ("x-rerank", outcome["status"]),
+            ("x-rerank-reason", outcome["reason"]),
+            ("x-rerank-model", plan.model or ""),
+            ("x-rerank-provider", str(reranker.info().get("provider", ""))),
+            ("x-rerank-window", str(plan.window)),
+            ("x-rerank-upstream-ms", f"{upstream_ms:.1f}"),
+            ("x-rerank-inference-ms", f"{rerank_ms:.1f}"),
+            ("x-rerank-total-ms", f"{(time.perf_counter() - started) * 1000:.1f}"),
+        ]
+        keep = [(k, v) for k, v in answer.headers if k.lower() != "content-length"]
+        return self._relay(UpstreamResponse(200, keep, content), extra)
+
+    async def _score(self, reranker: Reranker, plan: SearchPlan, spec: IndexSettings, data: dict):
+        """Scores for the window, or None with the reason when the model failed."""
+        hits = window_hits(plan, data)
+        passages = [hit_text(h, spec.fields, spec.template) for h in hits]
+        t0 = time.perf_counter()
+        try:
+            scores = await asyncio.wait_for(
+                reranker.ascore(
+                    plan.query,
+                    passages,
+                    max_length=spec.max_tokens,
+                    batch_size=spec.batch_size,
+                ),
+                timeout=self.settings.server.rerank_timeout,
+            )
+            outcome = {"status": "reranked", "reason": "reranked"}
+        except asyncio.TimeoutError:
+            logger.warning("rerank timed out after %.1fs; answering first-stage order", self.settings.server.rerank_timeout)
+            scores, outcome = None, {"status": "fallback", "reason": "rerank_timeout"}
+        except Exception:
+            logger.exception("reranker %s failed; answering first-stage order", plan.model)
+            scores, outcome = None, {"status": "fallback", "reason": "rerank_error"}
+        outcome["ms"] = (time.perf_counter() - t0) * 1000
+        return scores, outcome
+
+
+def create_app(
+    settings: Settings,
+    *,
+    rerankers: Mapping[str, Reranker] | None = None,
+    upstream: Upstream | None = None,
+) -> RerankProxy:
+    """Build the proxy; models are loaded now (so a bad model fails at start)."""
+    if rerankers is None:
+        rerankers = load_rerankers(settings)
+    if upstream is None:
+        upstream = Upstream(settings.upstream)
+    return RerankProxy(settings, upstream=upstream, rerankers=rerankers)

@@ -1,0 +1,235 @@
+"""YAML configuration -> typed settings.
+
+A bad file fails with one :class:`~es_rerank.errors.ConfigError` that lists every
+problem found (pydantic collects them all), so ``check-config`` and ``serve`` can
+say everything that is wrong at once.
+
+Environment variables override the upstream connection (they win over the file):
+``ES_RERANK_UPSTREAM_URL``, ``ES_RERANK_UPSTREAM_USERNAME``,
+``ES_RERANK_UPSTREAM_PASSWORD``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from pathlib import Path
+from typing import Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+__all__ = [
+    "Settings",
+    "UpstreamSettings",
+    "ModelSettings",
+    "IndexSettings",
+    "ServerSettings",
+    "load_settings",
+    "settings_from_dict",
+]
+
+ENV_PREFIX = "ES_RERANK_"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UpstreamSettings(_Strict):
+    """Where OpenSearch is and how long to wait for it."""
+
+    url: str = "http://127.0.0.1:9200"
+    # Used for es-rerank's own calls (index, health); never added to a client's
+    # request, so the proxy cannot widen what a client may reach.
+    username: str | None = None
+    password: str | None = None
+    connect_timeout: float = Field(2.0, gt=0, description="seconds to open a connection")
+    timeout: float = Field(30.0, gt=0, description="seconds for a whole upstream answer")
+    max_connections: int = Field(100, ge=1)
+    verify_certs: bool = True
+
+    @model_validator(mode="after")
+    def _check_url(self) -> "UpstreamSettings":
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
+        return self
+
+
+class ModelSettings(_Strict):
+    """One cross-encoder: an ONNX file and its tokenizer.json."""
+
+    path: Path = Field(description="model directory (model.onnx + tokenizer.json)")
+    onnx_file: str = "model.onnx"
+    tokenizer_file: str = "tokenizer.json"
+    providers: list[str] = Field(
+        default_factory=lambda: ["auto"],
+        description="ONNX Runtime providers in order; 'auto' = CUDA then CPU when CUDA is present",
+    )
+    max_length: int = Field(256, ge=8, le=8192)
+    batch_size: int = Field(32, ge=1)
+    head: Literal["auto", "single", "two"] = "auto"
+    intra_op_threads: int = Field(0, ge=0, description="0 = physical cores")
+
+
+class IndexSettings(_Strict):
+    """Reranking for the indices whose names match ``pattern`` (fnmatch)."""
+
+    pattern: str
+    rerank: bool = True
+    model: str | None = None
+    fields: list[str] = Field(default_factory=lambda: ["title", "text"], min_length=1)
+    template: str | None = Field(
+        None, description="passage template such as '{title}. {text}'; default joins fields"
+    )
+    window: int = Field(100, ge=1, description="first-stage hits reranked (K)")
+    max_window: int = Field(500, ge=1, description="largest ext.rerank.window_size allowed")
+    max_tokens: int | None = Field(None, ge=8, description="overrides the model's max_length")
+    batch_size: int | None = Field(None, ge=1)
+    query_text_path: str | None = Field(
+        None, description="dotted path in the request body to take the query text from"
+    )
+    expose_first_stage: bool = Field(
+        True, description="add _rerank.first_stage_score/rank to each reranked hit"
+    )
+
+    @model_validator(mode="after")
+    def _check_window(self) -> "IndexSettings":
+        if self.window > self.max_window:
+            raise ValueError(f"window ({self.window}) is larger than max_window ({self.max_window})")
+        return self
+
+
+class ServerSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    rerank_timeout: float = Field(
+        10.0, gt=0, description="seconds for scoring; past it the first-stage order is answered"
+    )
+
+
+class Settings(_Strict):
+    upstream: UpstreamSettings = UpstreamSettings()
+    server: ServerSettings = ServerSettings()
+    models: dict[str, ModelSettings] = Field(default_factory=dict)
+    indices: list[IndexSettings] = Field(default_factory=list)
+    default_model: str | None = None
+
+    @model_validator(mode="after")
+    def _check_models(self) -> "Settings":
+        problems = []
+        if self.default_model is not None and self.default_model not in self.models:
+            problems.append(f"default_model {self.default_model!r} is not under models")
+        for spec in self.indices:
+            if not spec.rerank:
+                continue
+            name = spec.model or self.default_model
+            if name is None:
+                if len(self.models) != 1:
+                    problems.append(
+                        f"index {spec.pattern!r}: name a model (models: {sorted(self.models)})"
+                    )
+            elif name not in self.models:
+                problems.append(f"index {spec.pattern!r}: model {name!r} is not under models")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def model_for(self, spec: IndexSettings) -> str:
+        """The model name an index uses (its own, the default, or the only one)."""
+        if spec.model:
+            return spec.model
+        if self.default_model:
+            return self.default_model
+        return next(iter(self.models))
+
+    def index_for(self, target: str) -> IndexSettings | None:
+        """The settings that apply to a search target (``a``, ``a,b``, ``logs-*``).
+
+        Every comma-separated part must match the same entry; otherwise the request
+        spans indices configured differently and is not reranked.
+        """
+        parts = [p for p in target.split(",") if p]
+        if not parts:
+            return None
+        chosen: IndexSettings | None = None
+        for part in parts:
+            match = next((s for s in self.indices if fnmatch.fnmatchcase(part, s.pattern)), None)
+            if match is None or (chosen is not None and match is not chosen):
+                return None
+            chosen = match
+        return chosen
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        out.append(f"{where}: {msg}")
+    return out
+
+
+def _apply_env(data: dict, env: Mapping[str, str]) -> dict:
+    upstream = dict(data.get("upstream") or {})
+    for key in ("url", "username", "password"):
+        value = env.get(f"{ENV_PREFIX}UPSTREAM_{key.upper()}")
+        if value:
+            upstream[key] = value
+    if upstream:
+        data = {**data, "upstream": upstream}
+    return data
+
+
+def _resolve_paths(data: dict, base: Path) -> dict:
+    """Model paths in a file are relative to that file's folder."""
+    models = data.get("models")
+    if not isinstance(models, dict):
+        return data
+    resolved = {}
+    for name, spec in models.items():
+        if isinstance(spec, dict) and isinstance(spec.get("path"), str):
+            spec = {**spec, "path": str((base / os.path.expanduser(spec["path"])).resolve())}
+        resolved[name] = spec
+    return {**data, "models": resolved}
+
+
+def settings_from_dict(
+    data: Mapping, *, base: Path | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Validate a config mapping (as read from YAML) into :class:`Settings`."""
+    if not isinstance(data, Mapping):
+        raise ConfigError("invalid configuration", ["the top level must be a mapping"])
+    data = _apply_env(dict(data), os.environ if env is None else env)
+    if base is not None:
+        data = _resolve_paths(data, base)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("invalid configuration", _format_errors(exc)) from None
+
+
+def load_settings(path: str | Path, *, env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML", [str(exc)]) from None
+    return settings_from_dict(data, base=path.resolve().parent, env=env)
+
+
+def check_model_files(settings: Settings) -> list[str]:
+    """Problems with model files on disk (checked by check-config and at start)."""
+    problems = []
+    for name, spec in settings.models.items():
+        for filename in (spec.onnx_file, spec.tokenizer_file):
+            if not (spec.path / filename).is_file():
+                problems.append(f"models.{name}: {spec.path / filename} does not exist")
+    return problems

@@ -1,0 +1,102 @@
+"""One error hierarchy for es-rerank, rendered in OpenSearch's error shape.
+
+Every error the proxy raises itself carries an HTTP status and a ``type`` of its
+own, so a client sees the same ``{"error": {"root_cause": [...], "type", "reason"},
+"status"}`` body it gets from OpenSearch. Errors from OpenSearch are never wrapped:
+they are passed through unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "RerankError",
+    "ConfigError",
+    "BadRequestError",
+    "UnknownModelError",
+    "ModelError",
+    "UpstreamError",
+    "UpstreamUnavailableError",
+    "UpstreamTimeoutError",
+    "LocalNodeError",
+    "error_body",
+]
+
+
+class RerankError(Exception):
+    """Base of every error es-rerank raises itself."""
+
+    status: int = 500
+    type: str = "rerank_exception"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def to_body(self) -> dict[str, Any]:
+        return error_body(self.type, self.reason, self.status)
+
+
+class ConfigError(RerankError):
+    """The configuration file is missing, unreadable or invalid."""
+
+    type = "rerank_config_exception"
+
+    def __init__(self, reason: str, problems: list[str] | None = None) -> None:
+        self.problems = problems or []
+        if self.problems:
+            reason = reason + "\n" + "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(reason)
+
+
+class BadRequestError(RerankError):
+    """The request asks es-rerank for something it cannot do (bad ``ext.rerank``)."""
+
+    status = 400
+    type = "rerank_illegal_argument_exception"
+
+
+class UnknownModelError(BadRequestError):
+    """The request or the config names a model es-rerank does not serve."""
+
+    type = "rerank_unknown_model_exception"
+
+
+class ModelError(RerankError):
+    """A model could not be loaded or run (missing file, missing onnxruntime...)."""
+
+    type = "rerank_model_exception"
+
+
+class UpstreamError(RerankError):
+    """OpenSearch could not be asked: the proxy never got an answer."""
+
+    status = 502
+    type = "rerank_upstream_exception"
+
+
+class UpstreamUnavailableError(UpstreamError):
+    """OpenSearch refused or dropped the connection."""
+
+    status = 502
+    type = "rerank_upstream_unavailable_exception"
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """OpenSearch did not answer within the configured timeout."""
+
+    status = 504
+    type = "rerank_upstream_timeout_exception"
+
+
+class LocalNodeError(RerankError):
+    """The local OpenSearch node could not be fetched, started or stopped."""
+
+    type = "rerank_local_node_exception"
+
+
+def error_body(type_: str, reason: str, status: int) -> dict[str, Any]:
+    """OpenSearch's error shape: one root cause equal to the error itself."""
+    cause = {"type": type_, "reason": reason}
+    return {"error": {"root_cause": [cause], **cause}, "status": status}
