@@ -1,0 +1,42 @@
+"""What every reranker offers the rest of es-rerank."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+__all__ = ["Reranker"]
+
+
+@runtime_checkable
+class Reranker(Protocol):
+    """Scores (query, passage) pairs: higher means more relevant."""
+
+    name: str
+
+    def score(
+        self,
+        query: str,
+        passages: Sequence[str],
+        *,
+        max_length: int | None = None,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """One float32 score per passage, in the order of ``passages``."""
+        ...
+
+    async def ascore(
+        self,
+        query: str,
+        passages: Sequence[str],
+        *,
+        max_length: int | None = None,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """:meth:`score` without blocking the event loop."""
+        ...
+
+    def info(self) -> dict[str, Any]:
+        """A JSON-serialisable description (name, provider, status...)."""
+        ...
