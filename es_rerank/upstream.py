@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import zlib
 from dataclasses import dataclass
 from typing import Iterable
 
-import httpx
+import aiohttp
+from yarl import URL
 
 from .config import UpstreamSettings
 from .errors import UpstreamTimeoutError, UpstreamUnavailableError
@@ -68,30 +71,30 @@ class UpstreamResponse:
 class Upstream:
     """Sends requests to OpenSearch; transport errors become es-rerank errors.
 
-    A ``transport`` can be passed in (``httpx.MockTransport`` in unit tests).
+    aiohttp rather than httpx: on loopback it adds about 0.7 ms less per request,
+    which is most of the proxy's pass-through budget. A ``session`` can be passed
+    in (tests, custom TLS); otherwise one is made on first use, inside the loop.
     """
 
-    def __init__(
-        self, settings: UpstreamSettings, *, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
+    def __init__(self, settings: UpstreamSettings, *, session: aiohttp.ClientSession | None = None) -> None:
         self.settings = settings
         self.base_url = settings.url.rstrip("/")
-        self._client = httpx.AsyncClient(
-            transport=transport,
-            timeout=httpx.Timeout(settings.timeout, connect=settings.connect_timeout),
-            limits=httpx.Limits(
-                max_connections=settings.max_connections,
-                max_keepalive_connections=settings.max_connections,
-            ),
-            verify=settings.verify_certs,
-            follow_redirects=False,
-        )
-        # Send only what the client sent: no default Accept, Accept-Encoding or
-        # User-Agent of the client library, so pass-through is what the client asked.
-        for name in ("accept", "accept-encoding", "user-agent"):
-            self._client.headers.pop(name, None)
-        self._base = httpx.URL(self.base_url)
-        self._base_path = self._base.raw_path.rstrip(b"/")
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=settings.timeout, sock_connect=settings.connect_timeout)
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self.settings.max_connections,
+                    ssl=None if self.settings.verify_certs else False,
+                ),
+                timeout=self._timeout,
+                # Send only what the client sent and relay bytes as they come.
+                skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+                auto_decompress=False,
+            )
+        return self._session
 
     async def request(
         self,
@@ -108,39 +111,33 @@ class Upstream:
         With ``decode`` the body comes back decompressed (for the proxy to parse);
         without it, byte for byte as OpenSearch sent it (for pass-through).
         """
-        target = self._base_path + raw_path + (b"?" + query if query else b"")
-        url = self._base.copy_with(raw_path=target)
+        target = (raw_path + (b"?" + query if query else b"")).decode("latin-1")
+        url = URL(self.base_url + target, encoded=True)
         try:
-            request = self._client.build_request(method, url, headers=headers, content=content or None)
-            response = await self._client.send(request, stream=True)
-            try:
-                if decode:
-                    body = await response.aread()
-                else:
-                    body = b"".join([chunk async for chunk in response.aiter_raw()])
-            finally:
-                await response.aclose()
-        except httpx.TimeoutException as exc:
-            if isinstance(exc, httpx.ConnectTimeout):
+            async with self._get_session().request(
+                method, url, headers=headers, data=content or None, allow_redirects=False
+            ) as response:
+                body = await response.read()
+                status = response.status
+                out_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            if isinstance(exc, getattr(aiohttp, "ConnectionTimeoutError", ())):
                 raise UpstreamUnavailableError(
                     f"OpenSearch did not accept a connection within {self.settings.connect_timeout}s"
                 ) from None
-            raise UpstreamTimeoutError(
-                f"OpenSearch did not answer within {self.settings.timeout}s"
-            ) from None
-        except httpx.TransportError as exc:
-            raise UpstreamUnavailableError(
-                f"OpenSearch is unavailable: {type(exc).__name__}"
-            ) from None
-        out_headers = list(response.headers.multi_items())
+            raise UpstreamTimeoutError(f"OpenSearch did not answer within {self.settings.timeout}s") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailableError(f"OpenSearch is unavailable: {type(exc).__name__}") from None
         if decode:
+            encoding = next((v.lower() for k, v in out_headers if k.lower() == "content-encoding"), "")
+            if encoding in ("gzip", "deflate"):
+                body = zlib.decompress(body, wbits=47)  # 47: gzip or zlib header, detected
             # The body is now decoded: its old encoding and length no longer apply.
             out_headers = [
-                (k, v)
-                for k, v in out_headers
-                if k.lower() not in ("content-encoding", "content-length")
+                (k, v) for k, v in out_headers if k.lower() not in ("content-encoding", "content-length")
             ]
-        return UpstreamResponse(status=response.status_code, headers=out_headers, content=body)
+        return UpstreamResponse(status=status, headers=out_headers, content=body)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()

@@ -96,7 +96,7 @@ def http(proxy, opensearch_url):
         yield via, raw
 
 
-class TestScorer:
+class DirectScorer:
     """The test's own model scores: ONNX Runtime and tokenizers called directly."""
 
     def __init__(self, model_dir: Path) -> None:
@@ -118,7 +118,7 @@ class TestScorer:
         return np.array(out)
 
 
-def _expected_order(direct: OpenSearch, scorer: TestScorer, query_text: str, k: int = WINDOW) -> list[str]:
+def _expected_order(direct: OpenSearch, scorer: DirectScorer, query_text: str, k: int = WINDOW) -> list[str]:
     res = direct.search(index=INDEX, body={"query": {"match": {"text": query_text}}, "size": k})
     hits = res["hits"]["hits"]
     scores = scorer(query_text, [f"{h['_source']['title']} {h['_source']['text']}" for h in hits])
@@ -201,7 +201,7 @@ def test_passthrough_keeps_encoded_path_and_query(http):
 
 
 def test_rerank_top10_is_model_order_of_first_stage_window(proxy, direct, tiny_model_dir):
-    scorer = TestScorer(tiny_model_dir)
+    scorer = DirectScorer(tiny_model_dir)
     client = OpenSearch(proxy.url, timeout=60)
     res = client.search(index=INDEX, body={"query": {"match": {"text": QUERY}}, "size": 10})
     expected = _expected_order(direct, scorer, QUERY)
@@ -277,7 +277,7 @@ def test_pagination_pages_are_disjoint_and_make_the_top30(proxy, direct, tiny_mo
     ]
     flat = [i for p in pages for i in p]
     assert len(flat) == len(set(flat)) == 30
-    assert flat == _expected_order(direct, TestScorer(tiny_model_dir), QUERY)[:30]
+    assert flat == _expected_order(direct, DirectScorer(tiny_model_dir), QUERY)[:30]
 
 
 def test_page_beyond_window_is_first_stage_order(http):
