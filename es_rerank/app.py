@@ -16,6 +16,7 @@ from .config import IndexSettings, Settings
 from .errors import RerankError
 from .passages import hit_text
 from .reranker import OnnxReranker, Reranker
+from .msearch import item_target, parse_msearch, serialize_msearch
 from .search import SearchPlan, plan_search, rebuild_response, window_hits
 from .upstream import Upstream, UpstreamResponse, forwardable_headers, response_headers
 
@@ -33,6 +34,22 @@ def _json_response(body: Any, status: int, headers: list[tuple[str, str]] | None
     for key, value in headers or []:
         response.headers.append(key, value)
     return response
+
+
+def _dumps(body: Any, params) -> bytes:
+    pretty = any(k == "pretty" and v.lower() != "false" for k, v in params)
+    if pretty:
+        return json.dumps(body, indent=2, ensure_ascii=False).encode()
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _no_encoding(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    # The proxy parses what it asks for: no compression on that leg.
+    return [(k, v) for k, v in headers if k.lower() != "accept-encoding"]
+
+
+def _no_length(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in headers if k.lower() != "content-length"]
 
 
 def error_response(exc: RerankError) -> Response:
@@ -98,6 +115,10 @@ class RerankProxy:
             spec = self.settings.index_for(parts[0])
             if spec is not None:
                 return await self.search(request, spec)
+        if parts[-1] == "_msearch" and len(parts) <= 2 and request.method in ("GET", "POST"):
+            target = parts[0] if len(parts) == 2 and not parts[0].startswith("_") else None
+            if len(parts) == 1 or target is not None:
+                return await self.msearch(request, target)
         return await self.passthrough(request)
 
     async def _own_endpoint(self, request: Request, path: str) -> Response:
@@ -161,14 +182,7 @@ class RerankProxy:
         if any(k in ("source", "source_content_type") for k, _ in params):
             return await self.passthrough(request, extra=[("x-rerank", "skipped"), ("x-rerank-reason", "source_param")])
 
-        plan = plan_search(
-            spec,
-            body,
-            params,
-            models=list(self.rerankers),
-            default_model=self.settings.model_for(spec),
-            disabled_by_header=request.headers.get("x-rerank-enabled", "").lower() in _OFF,
-        )
+        plan = self._plan(spec, body, params, request)
         headers = forwardable_headers(request.headers.items(), drop=frozenset({"content-type"}))
         marks = [("x-rerank", "reranked" if plan.rerank else "skipped"), ("x-rerank-reason", plan.reason)]
         if not plan.rerank:
@@ -188,36 +202,101 @@ class RerankProxy:
             "POST",
             raw_path,
             urlencode(plan.params).encode(),
-            headers=[*[(k, v) for k, v in headers if k.lower() != "accept-encoding"], ("content-type", "application/json")],
+            headers=[*_no_encoding(headers), ("content-type", "application/json")],
             content=json.dumps(plan.body).encode(),
             decode=True,
         )
         upstream_ms = (time.perf_counter() - t_upstream) * 1000
         if answer.status != 200:
             return self._relay(answer, [("x-rerank", "skipped"), ("x-rerank-reason", "upstream_error")])
-        data = json.loads(answer.content)
-
-        reranker = self.rerankers[plan.model]
-        scores, outcome = await self._score(reranker, plan, spec, data)
-        rerank_ms = outcome.pop("ms")
-        proxy_ms = int(round((time.perf_counter() - started) * 1000 - upstream_ms))
-        rebuilt = rebuild_response(
-            plan, data, scores, proxy_ms=proxy_ms, expose_first_stage=spec.expose_first_stage
-        )
-        pretty = any(k == "pretty" and v.lower() != "false" for k, v in params)
-        content = json.dumps(rebuilt, separators=None if pretty else (",", ":"), indent=2 if pretty else None, ensure_ascii=False).encode()
+        rebuilt, outcome = await self._rerank(plan, spec, json.loads(answer.content), started, upstream_ms)
         extra = [
             ("x-rerank", outcome["status"]),
             ("x-rerank-reason", outcome["reason"]),
             ("x-rerank-model", plan.model or ""),
-            ("x-rerank-provider", str(reranker.info().get("provider", ""))),
+            ("x-rerank-provider", str(self.rerankers[plan.model].info().get("provider", ""))),
             ("x-rerank-window", str(plan.window)),
             ("x-rerank-upstream-ms", f"{upstream_ms:.1f}"),
-            ("x-rerank-inference-ms", f"{rerank_ms:.1f}"),
+            ("x-rerank-inference-ms", f"{outcome['ms']:.1f}"),
             ("x-rerank-total-ms", f"{(time.perf_counter() - started) * 1000:.1f}"),
         ]
-        keep = [(k, v) for k, v in answer.headers if k.lower() != "content-length"]
-        return self._relay(UpstreamResponse(200, keep, content), extra)
+        return self._relay(UpstreamResponse(200, _no_length(answer.headers), _dumps(rebuilt, params)), extra)
+
+    def _plan(self, spec: IndexSettings, body: Any, params, request: Request) -> SearchPlan:
+        return plan_search(
+            spec,
+            body,
+            params,
+            models=list(self.rerankers),
+            default_model=self.settings.model_for(spec),
+            disabled_by_header=request.headers.get("x-rerank-enabled", "").lower() in _OFF,
+        )
+
+    async def _rerank(self, plan: SearchPlan, spec: IndexSettings, data: dict, started: float, upstream_ms: float):
+        scores, outcome = await self._score(self.rerankers[plan.model], plan, spec, data)
+        proxy_ms = int(round((time.perf_counter() - started) * 1000 - upstream_ms))
+        rebuilt = rebuild_response(plan, data, scores, proxy_ms=proxy_ms, expose_first_stage=spec.expose_first_stage)
+        return rebuilt, outcome
+
+    async def msearch(self, request: Request, default_target: str | None) -> Response:
+        """Each item planned as a ``_search``; one upstream ``_msearch``; items scored concurrently."""
+        started = time.perf_counter()
+        raw_path, query = self._raw_target(request)
+        pairs = parse_msearch(await request.body())
+        if pairs is None:
+            return await self.passthrough(request, extra=[("x-rerank", "skipped"), ("x-rerank-reason", "unparsed_body")])
+        items: list[tuple[IndexSettings, SearchPlan] | RerankError | None] = []
+        for header, body in pairs:
+            target = item_target(header, default_target)
+            spec = self.settings.index_for(target) if target else None
+            if spec is None:
+                items.append(None)
+                continue
+            try:
+                items.append((spec, self._plan(spec, body, [], request)))
+            except RerankError as exc:
+                items.append(exc)
+        if all(item is None for item in items):
+            return await self.passthrough(request, extra=[("x-rerank", "skipped"), ("x-rerank-reason", "no_configured_index")])
+
+        if all(isinstance(item, RerankError) for item in items):
+            body = {"took": 0, "responses": [item.to_body() for item in items]}
+            return _json_response(body, 200, [("x-rerank", "skipped"), ("x-rerank-reason", "invalid_items")])
+        forward = [
+            (header, item[1].body if isinstance(item, tuple) else body)
+            for (header, body), item in zip(pairs, items)
+            if not isinstance(item, RerankError)
+        ]
+        headers = forwardable_headers(request.headers.items(), drop=frozenset({"content-type"}))
+        t_upstream = time.perf_counter()
+        answer = await self.upstream.request(
+            request.method,
+            raw_path,
+            query,
+            headers=[*_no_encoding(headers), ("content-type", "application/x-ndjson")],
+            content=serialize_msearch(forward),
+            decode=True,
+        )
+        upstream_ms = (time.perf_counter() - t_upstream) * 1000
+        if answer.status != 200:
+            return self._relay(answer, [("x-rerank", "skipped"), ("x-rerank-reason", "upstream_error")])
+        data = json.loads(answer.content)
+        upstream_items = iter(data.get("responses", []))
+        # Items es-rerank refused never went upstream: pair the rest in order.
+        paired = [(item, None if isinstance(item, RerankError) else next(upstream_items, None)) for item in items]
+
+        async def one(item, result) -> Any:
+            if isinstance(item, RerankError):
+                return item.to_body()
+            if item is None or not item[1].rerank or not isinstance(result, dict) or "error" in result:
+                return result
+            rebuilt, _ = await self._rerank(item[1], item[0], result, started, upstream_ms)
+            return rebuilt
+
+        data["responses"] = list(await asyncio.gather(*(one(i, r) for i, r in paired)))
+        n = sum(1 for item in items if isinstance(item, tuple) and item[1].rerank)
+        extra = [("x-rerank", "reranked" if n else "skipped"), ("x-rerank-reason", f"{n}_of_{len(items)}_reranked")]
+        return self._relay(UpstreamResponse(200, _no_length(answer.headers), _dumps(data, parse_qsl(query.decode("latin-1")))), extra)
 
     async def _score(self, reranker: Reranker, plan: SearchPlan, spec: IndexSettings, data: dict):
         """Scores for the window, or None with the reason when the model failed."""

@@ -450,3 +450,45 @@ def test_health_reports_models_and_provider(http):
     assert r.status_code == 200
     info = r.json()["models"]["tiny"]
     assert info["provider"] == "CPUExecutionProvider" and info["status"] == "ready"
+
+
+# -- _msearch -------------------------------------------------------------------------
+
+
+def _ndjson(*objs) -> bytes:
+    return ("\n".join(json.dumps(o) for o in objs) + "\n").encode()
+
+
+def test_msearch_items_reranked_skipped_and_refused(http):
+    via, raw = http
+    search = {"query": {"match": {"text": QUERY}}, "size": 5}
+    sort = {"query": {"match": {"text": QUERY}}, "size": 5, "sort": [{"year": "desc"}]}
+    bad = {"query": {"match": {"text": QUERY}}, "ext": {"rerank": {"window_size": 0}}}
+    headers = {"content-type": "application/x-ndjson"}
+    r = via.post("/_msearch", content=_ndjson({"index": INDEX}, search, {"index": INDEX}, sort, {"index": INDEX}, bad, {"index": "no-such-index"}, search), headers=headers)
+    assert r.status_code == 200 and r.headers["x-rerank-reason"] == "1_of_4_reranked"
+    items = r.json()["responses"]
+    assert len(items) == 4
+    single = via.post(f"/{INDEX}/_search", json=search).json()
+    assert [h["_id"] for h in items[0]["hits"]["hits"]] == [h["_id"] for h in single["hits"]["hits"]]
+    assert items[0]["hits"]["total"] == single["hits"]["total"] and items[0]["status"] == 200
+    direct = raw.post("/_msearch", content=_ndjson({"index": INDEX}, sort, {"index": "no-such-index"}, search), headers=headers).json()["responses"]
+    assert items[1]["hits"] == direct[0]["hits"]
+    assert items[2]["status"] == 400 and items[2]["error"]["type"] == "rerank_illegal_argument_exception"
+    assert items[3]["status"] == 404 and items[3]["error"]["type"] == direct[1]["error"]["type"]
+
+
+def test_msearch_on_index_path_and_unconfigured_passthrough(http):
+    via, raw = http
+    search = {"query": {"match": {"text": QUERY}}, "size": 3}
+    headers = {"content-type": "application/x-ndjson"}
+    r = via.post(f"/{INDEX}/_msearch", content=_ndjson({}, search), headers=headers)
+    assert r.headers["x-rerank"] == "reranked"
+    assert r.json()["responses"][0]["hits"]["hits"][0]["_rerank"]
+    # No configured index in it: OpenSearch's bytes as they are.
+    body = _ndjson({"index": "no-such-index"}, search)
+    a, b = via.post("/_msearch", content=body, headers=headers), raw.post("/_msearch", content=body, headers=headers)
+    assert a.status_code == b.status_code and a.json()["responses"][0]["error"]["type"] == b.json()["responses"][0]["error"]["type"]
+    # Malformed NDJSON: OpenSearch's own error.
+    a, b = via.post("/_msearch", content=b'{"index": "x"}\n{"query": ', headers=headers), raw.post("/_msearch", content=b'{"index": "x"}\n{"query": ', headers=headers)
+    assert a.status_code == b.status_code and a.json()["error"]["type"] == b.json()["error"]["type"]
