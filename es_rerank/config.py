@@ -26,6 +26,7 @@ __all__ = [
     "UpstreamSettings",
     "ModelSettings",
     "IndexSettings",
+    "ChunkSettings",
     "ServerSettings",
     "load_settings",
     "settings_from_dict",
@@ -74,6 +75,25 @@ class ModelSettings(_Strict):
     intra_op_threads: int = Field(0, ge=0, description="0 = physical cores")
 
 
+class ChunkSettings(_Strict):
+    """Long documents: truncate (default) or score windows of tokens and aggregate."""
+
+    mode: Literal["truncate", "chunk"] = "truncate"
+    chunk_tokens: int | None = Field(
+        None, ge=16, description="passage tokens per chunk; default: what fits beside the query"
+    )
+    stride: int = Field(32, ge=0, description="tokens shared by neighbouring chunks")
+    max_chunks: int = Field(8, ge=1, description="chunks scored per hit at most")
+    aggregate: Literal["max", "first", "mean_top"] = "max"
+    top_n: int = Field(2, ge=1, description="chunks averaged by mean_top")
+
+    @model_validator(mode="after")
+    def _check_stride(self) -> "ChunkSettings":
+        if self.chunk_tokens is not None and self.stride >= self.chunk_tokens:
+            raise ValueError(f"stride ({self.stride}) must be smaller than chunk_tokens ({self.chunk_tokens})")
+        return self
+
+
 class IndexSettings(_Strict):
     """Reranking for the indices whose names match ``pattern`` (fnmatch)."""
 
@@ -93,6 +113,12 @@ class IndexSettings(_Strict):
     )
     expose_first_stage: bool = Field(
         True, description="add _rerank.first_stage_score/rank to each reranked hit"
+    )
+    chunking: ChunkSettings = ChunkSettings()
+    first_stage_query: dict | None = Field(
+        None,
+        description="query DSL `eval` sends, with the string {{query_text}} where the text goes; "
+        "default: multi_match over `fields`, best_fields, tie_breaker 0.5 (BEIR's baseline)",
     )
 
     @model_validator(mode="after")
