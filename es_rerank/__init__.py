@@ -13,6 +13,7 @@ from .errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from .localnode import LocalOpenSearch, NodeStatus
 from .reranker import OnnxReranker, Reranker
 from .upstream import Upstream
 
@@ -24,8 +25,10 @@ __all__ = [
     "ConfigError",
     "IndexSettings",
     "LocalNodeError",
+    "LocalOpenSearch",
     "ModelError",
     "ModelSettings",
+    "NodeStatus",
     "OnnxReranker",
     "RerankError",
     "RerankProxy",
