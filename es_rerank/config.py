@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -52,11 +52,12 @@ class UpstreamSettings(_Strict):
     max_connections: int = Field(100, ge=1)
     verify_certs: bool = True
 
-    @model_validator(mode="after")
-    def _check_url(self) -> "UpstreamSettings":
-        if not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
-        return self
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https://, got {url!r}")
+        return url
 
 
 class ModelSettings(_Strict):
@@ -145,20 +146,7 @@ class Settings(_Strict):
 
     @model_validator(mode="after")
     def _check_models(self) -> "Settings":
-        problems = []
-        if self.default_model is not None and self.default_model not in self.models:
-            problems.append(f"default_model {self.default_model!r} is not under models")
-        for spec in self.indices:
-            if not spec.rerank:
-                continue
-            name = spec.model or self.default_model
-            if name is None:
-                if len(self.models) != 1:
-                    problems.append(
-                        f"index {spec.pattern!r}: name a model (models: {sorted(self.models)})"
-                    )
-            elif name not in self.models:
-                problems.append(f"index {spec.pattern!r}: model {name!r} is not under models")
+        problems = _reference_problems(self.model_dump())
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -187,6 +175,28 @@ class Settings(_Strict):
                 return None
             chosen = match
         return chosen
+
+
+def _reference_problems(data: Mapping) -> list[str]:
+    """Names that point nowhere (index -> model, default_model). Works on the raw
+    mapping too, so it is reported even when other fields fail validation."""
+    models = data.get("models") if isinstance(data.get("models"), Mapping) else {}
+    default = data.get("default_model")
+    problems = []
+    if isinstance(default, str) and default not in models:
+        problems.append(f"default_model {default!r} is not under models")
+    indices = data.get("indices") if isinstance(data.get("indices"), list) else []
+    for spec in indices:
+        if not isinstance(spec, Mapping) or spec.get("rerank") is False:
+            continue
+        pattern = spec.get("pattern")
+        name = spec.get("model") or default
+        if name is None:
+            if len(models) != 1:
+                problems.append(f"index {pattern!r}: name a model (models: {sorted(models)})")
+        elif name not in models:
+            problems.append(f"index {pattern!r}: model {name!r} is not under models")
+    return problems
 
 
 def _format_errors(exc: ValidationError) -> list[str]:
@@ -234,7 +244,10 @@ def settings_from_dict(
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError("invalid configuration", _format_errors(exc)) from None
+        problems = _format_errors(exc)
+        # Cross-field checks do not run once a field fails: add them from the raw data.
+        problems += [p for p in _reference_problems(data) if not any(p in q for q in problems)]
+        raise ConfigError("invalid configuration", problems) from None
 
 
 def load_settings(path: str | Path, *, env: Mapping[str, str] | None = None) -> Settings:

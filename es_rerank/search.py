@@ -114,6 +114,8 @@ def plan_search(
     if not isinstance(body, dict):
         return SearchPlan(rerank=False, reason="unparsed_body", body=body, params=params)
 
+    if not spec.rerank:
+        return _passthrough(body, params, "index_not_reranked")
     ext = rerank_ext(body)
     unknown = sorted(set(ext) - _EXT_KEYS)
     if unknown:
@@ -134,8 +136,6 @@ def plan_search(
     if model not in models:
         raise UnknownModelError(f"[ext.rerank.model] unknown model [{model}]; known: {sorted(models)}")
 
-    if not spec.rerank:
-        return _passthrough(body, params, "index_not_reranked")
     if not enabled or disabled_by_header:
         return _passthrough(body, params, "disabled")
     if _param(params, "scroll") is not None:
@@ -161,6 +161,10 @@ def plan_search(
         return _passthrough(body, params, "size_0" if size == 0 else "invalid_paging")
     if from_ >= window:
         return _passthrough(body, params, "beyond_window")
+
+    for key in ("fields", "docvalue_fields"):
+        if key in body and not isinstance(body[key], list):
+            return _passthrough(body, params, f"invalid_{key}")  # OpenSearch rejects it
 
     text = query_text(body, dict(params), query_text_path=spec.query_text_path)
     if not text or not text.strip():
@@ -217,9 +221,9 @@ def rebuild_response(
     hits = [copy.copy(h) for h in hits_obj.get("hits", [])]
     k = min(plan.window, len(hits))
 
+    if scores is not None and len(scores) != k:
+        raise ValueError(f"{len(scores)} scores for {k} hits")
     if scores is not None and k:
-        if len(scores) != k:
-            raise ValueError(f"{len(scores)} scores for {k} hits")
         order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
         reranked = []
         for idx in order:
