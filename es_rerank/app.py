@@ -13,9 +13,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .config import IndexSettings, Settings
-from .errors import RerankError
+from .errors import RerankError, error_body
 from .passages import hit_text
 from .reranker import OnnxReranker, Reranker
+from .metrics import CONTENT_TYPE_LATEST, Metrics, RequestTimings
 from .msearch import item_target, parse_msearch, serialize_msearch
 from .search import SearchPlan, plan_search, rebuild_response, window_hits
 from .upstream import Upstream, UpstreamResponse, forwardable_headers, response_headers
@@ -66,11 +67,17 @@ class RerankProxy:
     embedders choose the transport and the models."""
 
     def __init__(
-        self, settings: Settings, *, upstream: Upstream, rerankers: Mapping[str, Reranker]
+        self,
+        settings: Settings,
+        *,
+        upstream: Upstream,
+        rerankers: Mapping[str, Reranker],
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.upstream = upstream
         self.rerankers = dict(rerankers)
+        self.metrics = metrics or Metrics()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -79,14 +86,26 @@ class RerankProxy:
         if scope["type"] != "http":
             return
         request = Request(scope, receive)
+        started = time.perf_counter()
         try:
             response = await self.handle(request)
+            outcome = response.headers.get("x-rerank", "passthrough")
+            reason = response.headers.get("x-rerank-reason", "")
         except RerankError as exc:
             response = error_response(exc)
+            outcome, reason = "error", exc.type
         except Exception:  # never a stack trace in a response; it goes to the log
             logger.exception("unexpected error on %s %s", request.method, request.url.path)
             response = error_response(RerankError("internal error in es-rerank (see its log)"))
+            outcome, reason = "error", "internal"
         await response(scope, receive, send)
+        self.metrics.observe_request(
+            scope.get("es_rerank.route", "passthrough"),
+            scope.get("es_rerank.index", ""),
+            outcome,
+            reason,
+            time.perf_counter() - started,
+        )
 
     async def _lifespan(self, receive, send) -> None:
         while True:
@@ -103,6 +122,7 @@ class RerankProxy:
     async def handle(self, request: Request) -> Response:
         path = request.url.path
         if path.startswith("/_rerank/"):
+            request.scope["es_rerank.route"] = "own"
             return await self._own_endpoint(request, path)
         parts = path.strip("/").split("/")
         if (
@@ -114,10 +134,13 @@ class RerankProxy:
         ):
             spec = self.settings.index_for(parts[0])
             if spec is not None:
+                # Label by the config rule, not the raw index: bounded cardinality.
+                request.scope.update({"es_rerank.route": "search", "es_rerank.index": spec.pattern})
                 return await self.search(request, spec)
         if parts[-1] == "_msearch" and len(parts) <= 2 and request.method in ("GET", "POST"):
             target = parts[0] if len(parts) == 2 and not parts[0].startswith("_") else None
             if len(parts) == 1 or target is not None:
+                request.scope["es_rerank.route"] = "msearch"
                 return await self.msearch(request, target)
         return await self.passthrough(request)
 
@@ -125,8 +148,8 @@ class RerankProxy:
         if path == "/_rerank/health" and request.method in ("GET", "HEAD"):
             models = {name: r.info() for name, r in self.rerankers.items()}
             return _json_response({"status": "ok", "models": models}, 200)
-        from .errors import error_body
-
+        if path == "/_rerank/metrics" and request.method == "GET":
+            return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
         return _json_response(
             error_body("rerank_resource_not_found_exception", f"no es-rerank endpoint [{path}]", 404),
             404,

@@ -25,6 +25,9 @@ def _fail(exc: RerankError) -> None:
 def main(ctx: click.Context, log_level: str) -> None:
     """es-rerank: reranks OpenSearch search results with a cross-encoder."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Per-request client logs would drown progress bars and es-rerank's own lines.
+    for noisy in ("opensearch", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     ctx.obj = {"log_level": log_level}
 
 

@@ -1,0 +1,90 @@
+"""Prometheus metrics and the per-request timing headers, from one place.
+
+Each proxy owns its registry (no process globals), so two apps in one process, as
+in tests, count separately.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+__all__ = ["Metrics", "RequestTimings", "CONTENT_TYPE_LATEST"]
+
+# Sub-millisecond pass-through up to multi-second CPU reranking.
+_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_PAIRS = (1, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+
+
+@dataclass
+class RequestTimings:
+    """What one reranked search spent, in milliseconds (sent as ``x-rerank-*-ms``)."""
+
+    upstream_ms: float = 0.0
+    tokenize_ms: float = 0.0
+    queue_ms: float = 0.0
+    inference_ms: float = 0.0
+    rerank_ms: float = 0.0
+    pairs: int = 0
+    cache_hits: int = 0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [
+            ("x-rerank-upstream-ms", f"{self.upstream_ms:.1f}"),
+            ("x-rerank-tokenize-ms", f"{self.tokenize_ms:.1f}"),
+            ("x-rerank-queue-ms", f"{self.queue_ms:.1f}"),
+            ("x-rerank-inference-ms", f"{self.rerank_ms:.1f}"),
+            ("x-rerank-pairs", str(self.pairs)),
+            ("x-rerank-cache-hits", str(self.cache_hits)),
+        ]
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "es_rerank_requests", "Requests by route, index, outcome and reason.",
+            ["route", "index", "outcome", "reason"], registry=r,
+        )
+        self.request_seconds = Histogram(
+            "es_rerank_request_seconds", "Whole request time in es-rerank.", ["route"], buckets=_SECONDS, registry=r
+        )
+        self.first_stage_seconds = Histogram(
+            "es_rerank_first_stage_seconds", "The first-stage search call to OpenSearch.", buckets=_SECONDS, registry=r
+        )
+        self.tokenize_seconds = Histogram(
+            "es_rerank_tokenize_seconds", "Tokenization per reranked search.", buckets=_SECONDS, registry=r
+        )
+        self.queue_seconds = Histogram(
+            "es_rerank_queue_seconds", "Wait for the model's worker per reranked search.", buckets=_SECONDS, registry=r
+        )
+        self.inference_seconds = Histogram(
+            "es_rerank_inference_seconds", "Model inference per reranked search.", buckets=_SECONDS, registry=r
+        )
+        self.rerank_seconds = Histogram(
+            "es_rerank_rerank_seconds", "The whole rerank stage per search.", buckets=_SECONDS, registry=r
+        )
+        self.pairs = Histogram(
+            "es_rerank_pairs_per_request", "Model passes per reranked search.", buckets=_PAIRS, registry=r
+        )
+        self.cache_hits = Counter("es_rerank_cache_hits", "Pairs answered from the score cache.", registry=r)
+
+    def observe_request(self, route: str, index: str, outcome: str, reason: str, seconds: float) -> None:
+        self.requests.labels(route, index, outcome, reason).inc()
+        self.request_seconds.labels(route).observe(seconds)
+
+    def observe_rerank(self, t: RequestTimings) -> None:
+        self.first_stage_seconds.observe(t.upstream_ms / 1000)
+        self.tokenize_seconds.observe(t.tokenize_ms / 1000)
+        self.queue_seconds.observe(t.queue_ms / 1000)
+        self.inference_seconds.observe(t.inference_ms / 1000)
+        self.rerank_seconds.observe(t.rerank_ms / 1000)
+        self.pairs.observe(t.pairs)
+        if t.cache_hits:
+            self.cache_hits.inc(t.cache_hits)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
