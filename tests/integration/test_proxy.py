@@ -492,3 +492,17 @@ def test_msearch_on_index_path_and_unconfigured_passthrough(http):
     # Malformed NDJSON: OpenSearch's own error.
     a, b = via.post("/_msearch", content=b'{"index": "x"}\n{"query": ', headers=headers), raw.post("/_msearch", content=b'{"index": "x"}\n{"query": ', headers=headers)
     assert a.status_code == b.status_code and a.json()["error"]["type"] == b.json()["error"]["type"]
+
+
+def test_metrics_count_requests_by_outcome(http):
+    via, _ = http
+    via.post(f"/{INDEX}/_search", json={"query": {"match": {"text": QUERY}}, "size": 3})
+    via.post(f"/{INDEX}/_search", json={"query": {"match": {"text": QUERY}}, "size": 0})
+    via.get("/")
+    r = via.get("/_rerank/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert 'es_rerank_requests_total{index="rr-*",outcome="reranked",reason="reranked",route="search"}' in text
+    assert 'es_rerank_requests_total{index="rr-*",outcome="skipped",reason="size_0",route="search"}' in text
+    assert 'route="passthrough"' in text
+    assert "es_rerank_request_seconds_bucket" in text
