@@ -10,6 +10,7 @@ import click
 
 from .config import check_model_files, load_settings
 from .errors import RerankError
+from .modeltools import model
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "auto_envvar_prefix": "ES_RERANK"}
 
@@ -193,6 +194,8 @@ def demo(ctx: click.Context, port: int, opensearch_port: int, model_dir: Path | 
     except RerankError as exc:
         _fail(exc)
 
+
+main.add_command(model)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
