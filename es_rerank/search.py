@@ -142,6 +142,10 @@ def plan_search(
         return _passthrough(body, params, "scroll")
     if _param(params, "filter_path") is not None:
         return _passthrough(body, params, "filter_path")
+    stored = _param(params, "stored_fields") or body.get("stored_fields")
+    if stored == "_none_" or stored == ["_none_"]:
+        # No _id and no fields come back, and OpenSearch refuses `fields` with it.
+        return _passthrough(body, params, "stored_fields_none")
     for key in ("search_after", "pit", "slice"):
         if key in body:
             return _passthrough(body, params, key)

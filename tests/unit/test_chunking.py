@@ -1,0 +1,81 @@
+"""Long documents: chunks scored and aggregated per hit, against truncation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from es_rerank.config import ChunkSettings
+from es_rerank.passages import aggregate_scores, split_passages
+from es_rerank.reranker import OnnxReranker
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_aggregate_rules_by_hand():
+    scores = np.array([1.0, 5.0, 3.0, 2.0, -1.0])
+    owners = [0, 0, 0, 1, 1]
+    assert aggregate_scores(scores, owners, 2, "max").tolist() == [5.0, 2.0]
+    assert aggregate_scores(scores, owners, 2, "first").tolist() == [1.0, 2.0]
+    assert aggregate_scores(scores, owners, 2, "mean_top", top_n=2).tolist() == [4.0, 0.5]
+    assert aggregate_scores(scores, owners, 2, "mean_top", top_n=5).tolist() == [3.0, 0.5]
+    with pytest.raises(ValueError):
+        aggregate_scores(scores, owners, 3, "max")  # passage 2 has no chunk
+    with pytest.raises(ValueError):
+        aggregate_scores(scores, owners, 2, "median")
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    reranker = OnnxReranker("tiny", tiny_model_dir / "model.onnx", tiny_model_dir / "tokenizer.json", max_length=64)
+    yield reranker
+    reranker.close()
+
+
+FILLER = "the committee reviewed quarterly budget figures and travel schedules for the regional office staff"
+QUERY = "mitochondrial dysfunction in neurodegeneration"
+RELEVANT = "mitochondrial dysfunction drives neurodegeneration in neurons"
+
+
+def _docs() -> list[str]:
+    long_filler = " ".join([FILLER] * 8)  # far past 64 tokens
+    return [
+        long_filler + " " + RELEVANT,  # the only relevant text sits past the truncation point
+        long_filler,
+        long_filler + " budget travel office",
+        " ".join([FILLER] * 2),
+    ]
+
+
+def test_truncate_is_one_pass_per_hit(model):
+    docs = _docs()
+    chunks, owners = split_passages(docs, QUERY, ChunkSettings(), model, 64)
+    assert chunks == docs and owners == [0, 1, 2, 3]
+
+
+def test_chunks_respect_budget_and_cap(model):
+    docs = _docs()
+    settings = ChunkSettings(mode="chunk", chunk_tokens=32, stride=8, max_chunks=3)
+    chunks, owners = split_passages(docs, QUERY, settings, model, 64)
+    assert max(owners.count(i) for i in range(len(docs))) <= 3
+    assert owners == sorted(owners) and set(owners) == set(range(len(docs)))
+    settings = ChunkSettings(mode="chunk", chunk_tokens=32, stride=8, max_chunks=50)
+    chunks, owners = split_passages(docs, QUERY, settings, model, 64)
+    assert any(RELEVANT in c for c in chunks if owners[chunks.index(c)] == 0)
+
+
+@pytest.mark.parametrize("rule", ["max", "mean_top", "first"])
+def test_chunk_scores_find_relevant_text_past_truncation(model, rule):
+    docs = _docs()
+    truncated = model.score(QUERY, docs)
+    assert truncated[0] <= truncated[1:].max(), "truncation cannot see the relevant text"
+    settings = ChunkSettings(mode="chunk", chunk_tokens=24, stride=4, max_chunks=50, aggregate=rule, top_n=1)
+    chunks, owners = split_passages(docs, QUERY, settings, model, 64)
+    scores = aggregate_scores(model.score(QUERY, chunks), owners, len(docs), rule, settings.top_n)
+    if rule == "first":
+        # The first chunk is what truncation sees too: no gain, by design.
+        assert scores[0] <= scores[1:].max()
+    else:
+        assert scores[0] > scores[1:].max(), "chunk scores rank it first"
