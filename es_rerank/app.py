@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
 import time
 from typing import Any, Mapping
 from urllib.parse import parse_qsl, urlencode
 
+import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
 from .config import IndexSettings, Settings
 from .errors import RerankError, error_body
-from .passages import hit_text
-from .reranker import OnnxReranker, Reranker
+from .passages import aggregate_scores, hit_text, split_passages
+from .reranker import OnnxReranker, Reranker, ScoreStats
 from .metrics import CONTENT_TYPE_LATEST, Metrics, RequestTimings
 from .msearch import item_target, parse_msearch, serialize_msearch
 from .search import SearchPlan, plan_search, rebuild_response, window_hits
@@ -49,8 +51,15 @@ def _no_encoding(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(k, v) for k, v in headers if k.lower() != "accept-encoding"]
 
 
-def _no_length(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in headers if k.lower() != "content-length"]
+def _rebuilt(request: Request, answer_headers: list[tuple[str, str]], content: bytes) -> UpstreamResponse:
+    """A body es-rerank wrote itself, framed as OpenSearch frames its own: with a
+    length, and gzip-compressed when the client accepts it (as http.compression does)."""
+    headers = [(k, v) for k, v in answer_headers if k.lower() not in ("content-length", "content-encoding")]
+    if "gzip" in request.headers.get("accept-encoding", "").lower():
+        content = gzip.compress(content, compresslevel=3)
+        headers.append(("content-encoding", "gzip"))
+    headers.append(("content-length", str(len(content))))
+    return UpstreamResponse(200, headers, content)
 
 
 def error_response(exc: RerankError) -> Response:
@@ -232,18 +241,17 @@ class RerankProxy:
         upstream_ms = (time.perf_counter() - t_upstream) * 1000
         if answer.status != 200:
             return self._relay(answer, [("x-rerank", "skipped"), ("x-rerank-reason", "upstream_error")])
-        rebuilt, outcome = await self._rerank(plan, spec, json.loads(answer.content), started, upstream_ms)
+        rebuilt, outcome, timings = await self._rerank(plan, spec, json.loads(answer.content), started, upstream_ms)
         extra = [
-            ("x-rerank", outcome["status"]),
-            ("x-rerank-reason", outcome["reason"]),
+            ("x-rerank", outcome[0]),
+            ("x-rerank-reason", outcome[1]),
             ("x-rerank-model", plan.model or ""),
             ("x-rerank-provider", str(self.rerankers[plan.model].info().get("provider", ""))),
             ("x-rerank-window", str(plan.window)),
-            ("x-rerank-upstream-ms", f"{upstream_ms:.1f}"),
-            ("x-rerank-inference-ms", f"{outcome['ms']:.1f}"),
+            *timings.headers(),
             ("x-rerank-total-ms", f"{(time.perf_counter() - started) * 1000:.1f}"),
         ]
-        return self._relay(UpstreamResponse(200, _no_length(answer.headers), _dumps(rebuilt, params)), extra)
+        return self._relay(_rebuilt(request, answer.headers, _dumps(rebuilt, params)), extra)
 
     def _plan(self, spec: IndexSettings, body: Any, params, request: Request) -> SearchPlan:
         return plan_search(
@@ -256,10 +264,13 @@ class RerankProxy:
         )
 
     async def _rerank(self, plan: SearchPlan, spec: IndexSettings, data: dict, started: float, upstream_ms: float):
-        scores, outcome = await self._score(self.rerankers[plan.model], plan, spec, data)
+        """Score, reorder and rebuild one search response; also records its metrics."""
+        timings = RequestTimings(upstream_ms=upstream_ms)
+        scores, outcome = await self._score(self.rerankers[plan.model], plan, spec, data, timings)
+        self.metrics.observe_rerank(timings)
         proxy_ms = int(round((time.perf_counter() - started) * 1000 - upstream_ms))
         rebuilt = rebuild_response(plan, data, scores, proxy_ms=proxy_ms, expose_first_stage=spec.expose_first_stage)
-        return rebuilt, outcome
+        return rebuilt, outcome, timings
 
     async def msearch(self, request: Request, default_target: str | None) -> Response:
         """Each item planned as a ``_search``; one upstream ``_msearch``; items scored concurrently."""
@@ -308,43 +319,56 @@ class RerankProxy:
         # Items es-rerank refused never went upstream: pair the rest in order.
         paired = [(item, None if isinstance(item, RerankError) else next(upstream_items, None)) for item in items]
 
-        async def one(item, result) -> Any:
+        async def one(item, result) -> tuple[Any, bool]:
             if isinstance(item, RerankError):
-                return item.to_body()
+                return item.to_body(), False
             if item is None or not item[1].rerank or not isinstance(result, dict) or "error" in result:
-                return result
-            rebuilt, _ = await self._rerank(item[1], item[0], result, started, upstream_ms)
-            return rebuilt
+                return result, False
+            rebuilt, outcome, _ = await self._rerank(item[1], item[0], result, started, upstream_ms)
+            return rebuilt, outcome[0] == "reranked"
 
-        data["responses"] = list(await asyncio.gather(*(one(i, r) for i, r in paired)))
-        n = sum(1 for item in items if isinstance(item, tuple) and item[1].rerank)
+        done = await asyncio.gather(*(one(i, r) for i, r in paired))
+        data["responses"] = [body for body, _ in done]
+        n = sum(1 for _, reranked in done if reranked)
         extra = [("x-rerank", "reranked" if n else "skipped"), ("x-rerank-reason", f"{n}_of_{len(items)}_reranked")]
-        return self._relay(UpstreamResponse(200, _no_length(answer.headers), _dumps(data, parse_qsl(query.decode("latin-1")))), extra)
+        return self._relay(_rebuilt(request, answer.headers, _dumps(data, parse_qsl(query.decode("latin-1")))), extra)
 
-    async def _score(self, reranker: Reranker, plan: SearchPlan, spec: IndexSettings, data: dict):
-        """Scores for the window, or None with the reason when the model failed."""
-        hits = window_hits(plan, data)
-        passages = [hit_text(h, spec.fields, spec.template) for h in hits]
+    async def _score(
+        self, reranker: Reranker, plan: SearchPlan, spec: IndexSettings, data: dict, timings: RequestTimings
+    ) -> tuple[np.ndarray | None, tuple[str, str]]:
+        """Scores for the window, or None and the reason when the model failed or timed out."""
+        passages = [hit_text(h, spec.fields, spec.template) for h in window_hits(plan, data)]
+        stats = ScoreStats()
         t0 = time.perf_counter()
         try:
             scores = await asyncio.wait_for(
-                reranker.ascore(
-                    plan.query,
-                    passages,
-                    max_length=spec.max_tokens,
-                    batch_size=spec.batch_size,
-                ),
+                self._score_passages(reranker, plan.query, passages, spec, stats),
                 timeout=self.settings.server.rerank_timeout,
             )
-            outcome = {"status": "reranked", "reason": "reranked"}
+            outcome = ("reranked", "reranked")
         except asyncio.TimeoutError:
             logger.warning("rerank timed out after %.1fs; answering first-stage order", self.settings.server.rerank_timeout)
-            scores, outcome = None, {"status": "fallback", "reason": "rerank_timeout"}
+            scores, outcome = None, ("fallback", "rerank_timeout")
         except Exception:
             logger.exception("reranker %s failed; answering first-stage order", plan.model)
-            scores, outcome = None, {"status": "fallback", "reason": "rerank_error"}
-        outcome["ms"] = (time.perf_counter() - t0) * 1000
+            scores, outcome = None, ("fallback", "rerank_error")
+        timings.rerank_ms = (time.perf_counter() - t0) * 1000
+        timings.tokenize_ms, timings.queue_ms = stats.tokenize_ms, stats.queue_ms
+        timings.inference_ms, timings.pairs, timings.cache_hits = stats.inference_ms, stats.pairs, stats.cache_hits
         return scores, outcome
+
+    @staticmethod
+    async def _score_passages(
+        reranker: Reranker, query: str, passages: list[str], spec: IndexSettings, stats: ScoreStats
+    ) -> np.ndarray:
+        kwargs = {"max_length": spec.max_tokens, "batch_size": spec.batch_size, "stats": stats}
+        if spec.chunking.mode == "truncate":
+            return await reranker.ascore(query, passages, **kwargs)
+        max_length = spec.max_tokens or int(reranker.info()["max_length"])
+        # Tokenizing every passage is CPU work: keep it off the event loop.
+        chunks, owners = await asyncio.to_thread(split_passages, passages, query, spec.chunking, reranker, max_length)
+        chunk_scores = await reranker.ascore(query, chunks, **kwargs)
+        return aggregate_scores(chunk_scores, owners, len(passages), spec.chunking.aggregate, spec.chunking.top_n)
 
 
 def create_app(

@@ -10,6 +10,8 @@ import click
 
 from .config import check_model_files, load_settings
 from .errors import RerankError
+from .bench import bench
+from .evaluation import eval_command
 from .modeltools import model
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "auto_envvar_prefix": "ES_RERANK"}
@@ -196,6 +198,8 @@ def demo(ctx: click.Context, port: int, opensearch_port: int, model_dir: Path | 
 
 
 main.add_command(model)
+main.add_command(eval_command)
+main.add_command(bench)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -74,6 +74,35 @@ class ModelSettings(_Strict):
     batch_size: int = Field(32, ge=1)
     head: Literal["auto", "single", "two"] = "auto"
     intra_op_threads: int = Field(0, ge=0, description="0 = physical cores")
+    int8_onnx_file: str | None = Field(
+        None, description="ONNX file (in `path`) used instead of onnx_file when the model runs on CPU, e.g. model.int8.onnx"
+    )
+    fp16_onnx_file: str | None = Field(
+        None, description="ONNX file (in `path`) used instead of onnx_file when the model runs on CUDA, e.g. model.fp16.onnx"
+    )
+    max_batch_tokens: int = Field(
+        8192, ge=8, le=1_048_576, description="padded tokens per model run (rows x width); batch_size caps rows"
+    )
+    batch_wait_ms: float = Field(
+        2.0, ge=0, le=1000, description="how long an idle model waits for concurrent requests to share a run"
+    )
+    cache_size: int = Field(10_000, ge=0, description="scores kept in the LRU score cache; 0 = off")
+    warmup: bool = Field(True, description="run the model once at load (at the largest batch shape on CUDA)")
+    fuse_at_load: bool = Field(
+        True, description="fuse an unfused transformer graph (attention, layer norms) in memory at load; needs the onnx package"
+    )
+
+    @model_validator(mode="after")
+    def _check_batching(self) -> "ModelSettings":
+        if self.max_batch_tokens < self.max_length:
+            raise ValueError(
+                f"max_batch_tokens ({self.max_batch_tokens}) must hold one pair of max_length ({self.max_length})"
+            )
+        for key in ("int8_onnx_file", "fp16_onnx_file"):
+            value = getattr(self, key)
+            if value is not None and (not value.strip() or Path(value).is_absolute() or ".." in Path(value).parts):
+                raise ValueError(f"{key} must be a file name inside the model directory, got {value!r}")
+        return self
 
 
 class ChunkSettings(_Strict):

@@ -8,10 +8,14 @@ missing install into a :class:`~es_rerank.errors.ModelError` that says what to i
 from __future__ import annotations
 
 from ._base import Reranker
+from ._cache import ScoreCache
 from ._onnx import OnnxReranker, import_onnxruntime, physical_cores, resolve_providers
+from ._stats import ScoreStats
 
 __all__ = [
     "Reranker",
+    "ScoreStats",
+    "ScoreCache",
     "OnnxReranker",
     "import_onnxruntime",
     "resolve_providers",

@@ -6,6 +6,8 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from ._stats import ScoreStats
+
 __all__ = ["Reranker"]
 
 
@@ -22,8 +24,9 @@ class Reranker(Protocol):
         *,
         max_length: int | None = None,
         batch_size: int | None = None,
+        stats: ScoreStats | None = None,
     ) -> np.ndarray:
-        """One float32 score per passage, in the order of ``passages``."""
+        """One float32 score per passage, in the order of ``passages``; ``stats``, when given, is filled in."""
         ...
 
     async def ascore(
@@ -33,6 +36,7 @@ class Reranker(Protocol):
         *,
         max_length: int | None = None,
         batch_size: int | None = None,
+        stats: ScoreStats | None = None,
     ) -> np.ndarray:
         """:meth:`score` without blocking the event loop."""
         ...

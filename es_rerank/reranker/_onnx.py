@@ -7,15 +7,21 @@ import functools
 import logging
 import math
 import os
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 import numpy as np
+from tokenizers import Encoding
 
 from ..errors import ModelError
-from ._tokenize import INPUT_NAMES, PairTokenizer, iter_batches
+from ._batcher import Batcher, Job
+from ._cache import ScoreCache
+from ._stats import ScoreStats
+from ._tokenize import INPUT_NAMES, PairTokenizer, make_feeds
 
 if TYPE_CHECKING:
     from ..config import ModelSettings
@@ -123,15 +129,55 @@ def physical_cores() -> int:
     return max(1, cores)
 
 
+class _Call:
+    """One score call between its preparation (cache, tokenize) and its finish."""
+
+    __slots__ = ("out", "keys", "owners", "job")
+
+    def __init__(self, out: np.ndarray, keys: list[Any], owners: list[list[int]], job: Job | None) -> None:
+        self.out = out  # scores in the caller's order; cache hits already in
+        self.keys = keys  # cache key of each pair the model scores
+        self.owners = owners  # for each of those pairs, the caller's positions it answers
+        self.job = job
+
+
+class _Ticket:
+    """Who counts an ``ascore`` call out of the batcher's expected arrivals, and whether its
+    caller still waits: ``new`` -> ``running`` (tokenizing) -> ``done``, or ``abandoned``."""
+
+    __slots__ = ("lock", "state", "future")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.state = "new"
+        self.future: Any = None
+
+
+def _short(provider: str) -> str:
+    return provider.lower().removesuffix("executionprovider")
+
+
 class OnnxReranker:
     """A cross-encoder in ONNX: tokenizer.json + model.onnx -> one score per passage.
 
     One ONNX Runtime session per model (thread-safe, shared by every request), with
-    graph optimisations on and intra-op threads set to the physical cores. Scoring
-    sorts pairs by token length, pads per batch and puts scores back in the caller's
-    order. :meth:`ascore` runs :meth:`score` on this model's own single worker thread,
-    so the event loop never waits on inference and requests for one model queue
-    instead of fighting over the same cores.
+    graph optimisations on and intra-op threads set to the physical cores. A call
+    first looks its passages up in an LRU score cache (model, max length, query text,
+    hash of the passage text), then tokenizes the rest (``encode_batch``,
+    ``only_second`` truncation) off the event loop, and hands the pairs to the
+    model's batcher thread, which sorts them by length, pads each run to a multiple of
+    8 and sizes runs by a token budget, merging pairs of concurrent calls into one
+    run when they arrive within ``batch_wait_ms`` of each other. Scores come back in
+    the caller's order.
+
+    ``variants`` maps a provider (``cpu``, ``cuda``) to another ONNX file of the same
+    model used when that provider runs it (an int8 file on CPU, fp16 on CUDA). On
+    CUDA the session is fed through IO binding and warmed up at the largest batch
+    shape at load, so the first request pays no set-up cost. With ``fuse_at_load`` a
+    graph whose attention is not fused (recent transformers exports) is fused in memory
+    before the session is made (:func:`~es_rerank.reranker.optimize.optimized_model_bytes`:
+    one Attention node per layer, SkipLayerNormalization, BiasGelu); an already fused or
+    quantised file is loaded as it is.
     """
 
     def __init__(
@@ -145,6 +191,13 @@ class OnnxReranker:
         batch_size: int = 32,
         head: Head = "auto",
         intra_op_threads: int = 0,
+        max_batch_tokens: int = 8192,
+        batch_wait_ms: float = 2.0,
+        cache_size: int = 10_000,
+        variants: Mapping[str, Path] | None = None,
+        warmup: bool = True,
+        pad_multiple: int = 8,
+        fuse_at_load: bool = True,
     ) -> None:
         if head not in ("auto", "single", "two"):
             raise ValueError(f"head must be 'auto', 'single' or 'two', got {head!r}")
@@ -152,30 +205,56 @@ class OnnxReranker:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if intra_op_threads < 0:
             raise ValueError(f"intra_op_threads must be 0 (physical cores) or more, got {intra_op_threads}")
+        if max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be at least 1, got {max_batch_tokens}")
+        if batch_wait_ms < 0:
+            raise ValueError(f"batch_wait_ms must be 0 or more, got {batch_wait_ms}")
+        if pad_multiple < 1:
+            raise ValueError(f"pad_multiple must be at least 1, got {pad_multiple}")
         self.name = name
-        self.onnx_path = Path(onnx_path)
         self.tokenizer_path = Path(tokenizer_path)
+        ort = import_onnxruntime()
+        requested = resolve_providers(providers, ort.get_available_providers())
+        if requested[0] == CUDA and hasattr(ort, "preload_dlls"):
+            try:  # CUDA/cuDNN from the nvidia-* wheels ('onnxruntime-gpu[cuda,cudnn]') or the system
+                ort.preload_dlls()
+            except Exception as exc:  # the session below says what is really missing
+                logger.debug("onnxruntime.preload_dlls(): %s", exc)
+        self.fp32_onnx_path = Path(onnx_path)
+        chosen = dict((_short(k), Path(v)) for k, v in (variants or {}).items()).get(_short(requested[0]))
+        self.onnx_path = chosen or self.fp32_onnx_path
         for kind, path in (("ONNX", self.onnx_path), ("tokenizer", self.tokenizer_path)):
             if not path.is_file():
                 raise ModelError(f"model {name!r}: {kind} file {path} does not exist")
-        ort = import_onnxruntime()
 
         self._tokenizer = PairTokenizer(self.tokenizer_path)
         self.max_length = self._check_max_length(max_length)
         self._tokenizer.prepare(self.max_length)
         self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.batch_wait_ms = float(batch_wait_ms)
+        self.pad_multiple = pad_multiple
         self.intra_op_threads = intra_op_threads or physical_cores()
 
-        requested = resolve_providers(providers, ort.get_available_providers())
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.intra_op_num_threads = self.intra_op_threads
         options.inter_op_num_threads = 1
+        model: str | bytes = str(self.onnx_path)
+        self.fused_at_load = False
+        if fuse_at_load:
+            from .optimize import optimized_model_bytes
+
+            try:
+                fused = optimized_model_bytes(self.onnx_path, use_gpu=requested[0] == CUDA)
+            except Exception as exc:  # unreadable here: let ONNX Runtime say what is wrong
+                logger.debug("model %s: no fusion at load: %s", name, exc)
+                fused = None
+            if fused is not None:
+                model, self.fused_at_load = fused, True
         try:
-            session = ort.InferenceSession(
-                str(self.onnx_path), sess_options=options, providers=requested
-            )
+            session = ort.InferenceSession(model, sess_options=options, providers=requested)
         except Exception as exc:  # onnxruntime raises its own pybind exception types
             raise ModelError(f"model {name!r}: cannot load {self.onnx_path}: {exc}") from None
 
@@ -185,12 +264,29 @@ class OnnxReranker:
         self._session: Any = session
         self.providers: list[str] = list(session.get_providers())
         self.provider: str = self.providers[0]
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rerank-{name}")
+        self._io_binding = self.provider == CUDA
+        self.cache = ScoreCache(cache_size)
+        self._prepare_pool = ThreadPoolExecutor(
+            max_workers=max(1, min(4, self.intra_op_threads)), thread_name_prefix=f"rerank-{name}-tok"
+        )
+        if warmup:
+            self._warm_up()
+        self._incoming = 0  # calls past their start, not yet handed to the batcher
+        self._incoming_lock = threading.Lock()
+        self._batcher = Batcher(
+            self._run_batch,
+            max_tokens=max_batch_tokens,
+            wait_s=self.batch_wait_ms / 1000,
+            pad_multiple=pad_multiple,
+            name=name,
+            incoming=lambda: self._incoming,
+        )
 
         logger.info(
-            "model %s loaded from %s on %s (intra-op threads %d, head %s, inputs %s)",
+            "model %s loaded from %s on %s (intra-op threads %d, head %s, inputs %s, "
+            "batches of %d tokens, wait %.1f ms, cache %d)",
             name, self.onnx_path, self.provider, self.intra_op_threads, self.head,
-            ", ".join(self._input_names),
+            ", ".join(self._input_names), max_batch_tokens, self.batch_wait_ms, cache_size,
         )  # fmt: skip
         if self.provider != requested[0]:
             logger.warning(
@@ -201,6 +297,11 @@ class OnnxReranker:
     @classmethod
     def from_settings(cls, name: str, settings: "ModelSettings") -> "OnnxReranker":
         """Load the model a config's ``models.<name>`` describes."""
+        variants: dict[str, Path] = {}
+        if settings.int8_onnx_file:
+            variants["cpu"] = settings.path / settings.int8_onnx_file
+        if settings.fp16_onnx_file:
+            variants["cuda"] = settings.path / settings.fp16_onnx_file
         return cls(
             name,
             settings.path / settings.onnx_file,
@@ -210,6 +311,12 @@ class OnnxReranker:
             batch_size=settings.batch_size,
             head=settings.head,
             intra_op_threads=settings.intra_op_threads,
+            max_batch_tokens=settings.max_batch_tokens,
+            batch_wait_ms=settings.batch_wait_ms,
+            cache_size=settings.cache_size,
+            variants=variants,
+            warmup=settings.warmup,
+            fuse_at_load=settings.fuse_at_load,
         )
 
     # -- loading checks -------------------------------------------------------------
@@ -270,6 +377,17 @@ class OnnxReranker:
             )
         return found
 
+    def _warm_up(self) -> None:
+        """Run the model once before the first request: on CUDA at the largest batch
+        shape (memory arena, cuBLAS handles and kernels set up), on CPU a small batch."""
+        text = "warm up " * self.max_length
+        if self._io_binding:
+            rows = max(1, min(self.batch_size, self.max_batch_tokens // self.max_length))
+            encodings = self._tokenizer.encode_pairs("warm up", [text] * rows, self.max_length)
+            self._run_batch(encodings, max(len(e.ids) for e in encodings))
+        encodings = self._tokenizer.encode_pairs("warm up", ["warm up"], self.max_length)
+        self._run_batch(encodings, len(encodings[0].ids))
+
     # -- scoring --------------------------------------------------------------------
 
     def _scores(self, logits: np.ndarray) -> np.ndarray:
@@ -283,6 +401,72 @@ class OnnxReranker:
             return logits[:, 1] - logits[:, 0]
         return logits[:, 0]
 
+    def _run_batch(self, encodings: Sequence[Encoding], width: int) -> np.ndarray:
+        """One model run over ``encodings`` padded to ``width``: one float32 score each."""
+        session = self._session
+        if session is None:
+            raise ModelError(f"model {self.name!r} is closed")
+        feeds = make_feeds(encodings, width, self._tokenizer.pad_id, self._input_names, self._input_dtypes)
+        try:
+            if self._io_binding:
+                binding = session.io_binding()
+                for input_name, array in feeds.items():
+                    binding.bind_cpu_input(input_name, array)
+                binding.bind_output(self._output_name, "cuda")
+                session.run_with_iobinding(binding)
+                (logits,) = binding.copy_outputs_to_cpu()
+            else:
+                (logits,) = session.run([self._output_name], feeds)
+        except Exception as exc:
+            raise ModelError(f"model {self.name!r}: inference failed: {exc}") from None
+        return np.asarray(self._scores(np.asarray(logits)), dtype=np.float32)
+
+    def _prepare(
+        self,
+        query: str,
+        passages: Sequence[str],
+        max_length: int | None,
+        batch_size: int | None,
+        stats: ScoreStats,
+    ) -> _Call:
+        """Cache look-up, then tokenize what is left: a :class:`_Call` with a job or none."""
+        if self._session is None:
+            raise ModelError(f"model {self.name!r} is closed")
+        max_length = self.max_length if max_length is None else self._check_max_length(max_length)
+        if batch_size is None:
+            batch_size = self.batch_size
+        elif batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        started = time.perf_counter()
+        out = np.empty(len(passages), dtype=np.float32)
+        keys = [ScoreCache.key(self.name, max_length, query, p) for p in passages]
+        cached = self.cache.get_many(keys)
+        todo: dict[Any, list[int]] = {}  # key -> positions (a passage given twice is scored once)
+        texts: list[str] = []
+        for position, (key, value) in enumerate(zip(keys, cached)):
+            if value is not None:
+                out[position] = value
+                stats.cache_hits += 1
+            elif key in todo:
+                todo[key].append(position)
+            else:
+                todo[key] = [position]
+                texts.append(passages[position])
+        job = None
+        if texts:
+            encodings = self._tokenizer.encode_pairs(query, texts, max_length)
+            job = Job(encodings, batch_size=batch_size, max_width=max_length, stats=stats)
+        stats.tokenize_ms += (time.perf_counter() - started) * 1000
+        return _Call(out, list(todo), list(todo.values()), job)
+
+    def _finish(self, call: _Call) -> np.ndarray:
+        if call.job is not None:
+            scores = call.job.scores
+            for score, positions in zip(scores, call.owners):
+                call.out[positions] = score
+            self.cache.put_many(list(zip(call.keys, scores.tolist())))
+        return call.out
+
     def score(
         self,
         query: str,
@@ -290,35 +474,22 @@ class OnnxReranker:
         *,
         max_length: int | None = None,
         batch_size: int | None = None,
+        stats: ScoreStats | None = None,
     ) -> np.ndarray:
         """One float32 score per passage (higher = more relevant), in the order given.
 
-        ``max_length`` and ``batch_size`` override the model's own for this call.
+        ``max_length`` and ``batch_size`` (most rows a model run holds) override the
+        model's own for this call; ``stats``, when given, is filled in.
         """
-        session = self._session
-        if session is None:
-            raise ModelError(f"model {self.name!r} is closed")
-        passages = list(passages)
-        if not passages:
-            return np.empty(0, dtype=np.float32)
-        max_length = self.max_length if max_length is None else self._check_max_length(max_length)
-        if batch_size is None:
-            batch_size = self.batch_size
-        elif batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-
-        encodings = self._tokenizer.encode_pairs(query, passages, max_length)
-        out = np.empty(len(passages), dtype=np.float32)
-        batches = iter_batches(
-            encodings, batch_size, self._tokenizer.pad_id, self._input_names, self._input_dtypes
-        )
-        for positions, feeds in batches:
-            try:
-                (logits,) = session.run([self._output_name], feeds)
-            except Exception as exc:
-                raise ModelError(f"model {self.name!r}: inference failed: {exc}") from None
-            out[positions] = self._scores(np.asarray(logits))
-        return out
+        self._arriving(+1)
+        try:
+            call = self._prepare(query, list(passages), max_length, batch_size, stats or ScoreStats())
+            future = self._submit(call.job) if call.job is not None else None
+        finally:
+            self._arriving(-1)
+        if future is not None:
+            future.result()
+        return self._finish(call)
 
     async def ascore(
         self,
@@ -327,17 +498,88 @@ class OnnxReranker:
         *,
         max_length: int | None = None,
         batch_size: int | None = None,
+        stats: ScoreStats | None = None,
     ) -> np.ndarray:
-        """:meth:`score` on this model's worker thread; the event loop stays free.
+        """:meth:`score` without blocking the event loop: tokenizing and inference run on
+        this model's threads.
 
-        Cancelling the awaiting task drops the call if it has not started yet.
+        Cancelling the awaiting task (``asyncio.wait_for`` past its timeout) drops the
+        pairs of the call not yet run, so a timed-out request costs no further model time.
         """
         if self._session is None:
             raise ModelError(f"model {self.name!r} is closed")
-        call = functools.partial(
-            self.score, query, list(passages), max_length=max_length, batch_size=batch_size
+        loop = asyncio.get_running_loop()
+        ticket = _Ticket()
+        prepare = functools.partial(
+            self._prepare_and_submit, ticket, query, list(passages), max_length, batch_size, stats or ScoreStats()
         )
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        self._arriving(+1)
+        try:
+            call, future = await loop.run_in_executor(self._prepare_pool, prepare)
+        except BaseException:
+            self._abandon(ticket)
+            raise
+        if future is not None:
+            await asyncio.wrap_future(future)  # cancelling this cancels the job's future
+        return self._finish(call)
+
+    def _prepare_and_submit(self, ticket: "_Ticket", *args: Any) -> tuple[_Call, Any] | None:
+        """On the tokenizer pool: cache, tokenize, hand over; nothing when the caller left."""
+        with ticket.lock:
+            if ticket.state == "abandoned":
+                return None  # the caller stopped waiting before this started; already counted out
+            ticket.state = "running"
+        try:
+            call = self._prepare(*args)
+            future = self._submit(call.job) if call.job is not None else None
+            with ticket.lock:
+                abandoned = ticket.state == "abandoned"
+                ticket.state, ticket.future = "done", future
+            if abandoned and future is not None:
+                future.cancel()  # the caller left while this was tokenizing
+            return call, future
+        finally:
+            self._arriving(-1)
+
+    def _abandon(self, ticket: "_Ticket") -> None:
+        """The caller of ``ascore`` stopped waiting (cancelled, or an error): release its work."""
+        with ticket.lock:
+            state, future = ticket.state, ticket.future
+            ticket.state = "abandoned"
+        if state == "new":
+            self._arriving(-1)  # the prepare step will not run, so it will not count itself out
+        elif state == "done" and future is not None:
+            future.cancel()
+
+    def _arriving(self, delta: int) -> None:
+        """Count calls on their way to the batcher, which waits for them only while some are."""
+        with self._incoming_lock:
+            self._incoming += delta
+        if delta < 0:
+            self._batcher.poke()
+
+    def _submit(self, job: Job) -> Any:
+        try:
+            return self._batcher.submit(job)
+        except RuntimeError:
+            raise ModelError(f"model {self.name!r} is closed") from None
+
+    def token_lengths(self, query: str, passages: Sequence[str], max_length: int | None = None) -> list[int]:
+        """Tokens of each (query, passage) pair as the model reads it (special tokens included)."""
+        max_length = self.max_length if max_length is None else self._check_max_length(max_length)
+        return [len(e.ids) for e in self._tokenizer.encode_pairs(query, list(passages), max_length)]
+
+    # -- long documents -------------------------------------------------------------
+
+    def query_token_budget(self, query: str, max_length: int) -> int:
+        """Passage tokens that fit beside ``query`` in a pair of ``max_length`` tokens."""
+        return self._tokenizer.query_token_budget(query, self._check_max_length(max_length))
+
+    def chunk_text(self, text: str, chunk_tokens: int, stride: int, max_chunks: int) -> list[str]:
+        """``text`` cut into windows of ``chunk_tokens`` of this model's tokens (no special
+        tokens), neighbours sharing ``stride`` tokens, at most ``max_chunks``; slices of
+        ``text`` itself. A text that fits comes back whole; one with no token gives ``[]``."""
+        return self._tokenizer.chunk_text(text, chunk_tokens, stride, max_chunks)
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -357,10 +599,24 @@ class OnnxReranker:
             "intra_op_threads": self.intra_op_threads,
         }
 
+    def engine_info(self) -> dict[str, Any]:
+        """Batching and cache figures (JSON-serialisable), for health pages and metrics."""
+        return {
+            "max_batch_tokens": self.max_batch_tokens,
+            "batch_wait_ms": self.batch_wait_ms,
+            "pad_multiple": self.pad_multiple,
+            "io_binding": self._io_binding,
+            "fused_at_load": self.fused_at_load,
+            "runs": self._batcher.runs,
+            "merged_runs": self._batcher.merged_runs,
+            "cache": self.cache.info(),
+        }
+
     def close(self) -> None:
-        """Drop the session and stop the worker thread (calls not yet started are dropped)."""
+        """Drop the session and stop the threads (calls not yet run fail with a ModelError)."""
         self._session = None
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._batcher.close(ModelError(f"model {self.name!r} is closed"))
+        self._prepare_pool.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> "OnnxReranker":
         return self

@@ -16,7 +16,7 @@ from tokenizers import Encoding, Tokenizer
 
 from ..errors import ModelError
 
-__all__ = ["PairTokenizer", "Batch", "iter_batches"]
+__all__ = ["PairTokenizer", "Batch", "iter_batches", "plan_batches", "make_feeds", "padded_width"]
 
 # The ONNX inputs a cross-encoder may declare, all [batch, sequence] integers.
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -113,42 +113,147 @@ class PairTokenizer:
             raise ModelError(f"cannot tokenize with {self.path}: {exc}") from None
 
 
+    def query_token_budget(self, query: str, max_length: int) -> int:
+        """Passage tokens that fit beside ``query`` (as :meth:`clip_query` cuts it) in ``max_length``."""
+        query = self.clip_query(query, max_length)
+        used = len(self._plain.encode(query, add_special_tokens=False).ids)
+        return max(1, max_length - self.num_special_tokens - used)
+
+    def chunk_text(self, text: str, chunk_tokens: int, stride: int, max_chunks: int) -> list[str]:
+        """Windows of ``chunk_tokens`` tokens (no special tokens), ``stride`` tokens shared
+        by neighbours, at most ``max_chunks``; each returned as a slice of ``text``.
+
+        A text of at most ``chunk_tokens`` tokens comes back whole; a text with no
+        token (empty, or only spaces) gives ``[]``.
+        """
+        if chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be at least 1, got {chunk_tokens}")
+        if not 0 <= stride < chunk_tokens:
+            raise ValueError(f"stride must be at least 0 and smaller than chunk_tokens ({chunk_tokens}), got {stride}")
+        if max_chunks < 1:
+            raise ValueError(f"max_chunks must be at least 1, got {max_chunks}")
+        try:
+            encoding = self._plain.encode(text, add_special_tokens=False)
+        except Exception as exc:
+            raise ModelError(f"cannot tokenize with {self.path}: {exc}") from None
+        offsets = encoding.offsets
+        n = len(offsets)
+        if n == 0:
+            return []
+        if n <= chunk_tokens:
+            return [text]
+        step = chunk_tokens - stride
+        chunks: list[str] = []
+        start = 0
+        while len(chunks) < max_chunks:
+            end = min(start + chunk_tokens, n)
+            chunks.append(text[offsets[start][0] : offsets[end - 1][1]])
+            if end >= n:
+                break
+            start += step
+        return chunks
+
+def round_up(n: int, multiple: int) -> int:
+    """``n`` rounded up to a multiple of ``multiple`` (``multiple`` <= 1: ``n``)."""
+    if multiple <= 1:
+        return n
+    return -(-n // multiple) * multiple
+
+
+def padded_width(length: int, pad_multiple: int, max_width: int | None = None) -> int:
+    """The width a batch whose longest pair has ``length`` tokens is padded to.
+
+    A multiple of ``pad_multiple`` (kernels like it) but never past ``max_width``
+    (the call's max_length, which the model's position embeddings allow) unless the
+    pair itself is longer.
+    """
+    width = round_up(length, pad_multiple)
+    if max_width is not None and width > max_width:
+        width = max(length, max_width)
+    return width
+
+
+def plan_batches(
+    lengths: Sequence[int],
+    batch_size: int,
+    *,
+    max_tokens: int | None = None,
+    pad_multiple: int = 8,
+    max_width: int | None = None,
+) -> list[tuple[np.ndarray, int]]:
+    """``(positions, width)`` per batch: pairs sorted longest first, cut by rows and tokens.
+
+    A batch holds at most ``batch_size`` rows and, when ``max_tokens`` is given, at most
+    ``max_tokens`` padded tokens (rows x width, width being its longest pair rounded up
+    to ``pad_multiple``); a pair longer than the budget gets a batch of its own.
+    """
+    lengths_array = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths_array, kind="stable")
+    plans: list[tuple[np.ndarray, int]] = []
+    start = 0
+    n = len(order)
+    while start < n:
+        width = padded_width(int(lengths_array[order[start]]), pad_multiple, max_width)
+        rows = batch_size
+        if max_tokens is not None:
+            rows = max(1, min(rows, max_tokens // width))
+        stop = min(n, start + rows)
+        plans.append((order[start:stop], width))
+        start = stop
+    return plans
+
+
+def make_feeds(
+    encodings: Sequence[Encoding],
+    width: int,
+    pad_id: int,
+    names: Sequence[str] = INPUT_NAMES,
+    dtypes: dict[str, np.dtype] | None = None,
+) -> dict[str, np.ndarray]:
+    """The model's inputs for ``encodings`` padded to ``width``: ids, mask, token types."""
+    dtypes = dtypes or {}
+    rows = len(encodings)
+    ids = np.full((rows, width), pad_id, dtype=np.int64)
+    mask = np.zeros((rows, width), dtype=np.int64)
+    types = np.zeros((rows, width), dtype=np.int64) if "token_type_ids" in names else None
+    for row, encoding in enumerate(encodings):
+        n = len(encoding.ids)
+        ids[row, :n] = encoding.ids
+        mask[row, :n] = encoding.attention_mask
+        if types is not None:
+            types[row, :n] = encoding.type_ids
+    arrays: dict[str, np.ndarray] = {"input_ids": ids, "attention_mask": mask}
+    if types is not None:
+        arrays["token_type_ids"] = types
+    feeds: dict[str, np.ndarray] = {}
+    for name in names:
+        array = arrays[name]
+        dtype = dtypes.get(name, np.dtype(np.int64))
+        feeds[name] = array if array.dtype == dtype else array.astype(dtype)
+    return feeds
+
+
 def iter_batches(
     encodings: Sequence[Encoding],
     batch_size: int,
     pad_id: int,
     names: Sequence[str] = INPUT_NAMES,
     dtypes: dict[str, np.dtype] | None = None,
+    *,
+    max_tokens: int | None = None,
+    pad_multiple: int = 1,
+    max_width: int | None = None,
 ) -> Iterator[Batch]:
-    """``(positions, feeds)`` per batch: longest pairs first, each batch padded to its own longest.
+    """``(positions, feeds)`` per batch: longest pairs first, each batch padded to its own longest
+    (rounded up to ``pad_multiple``) and holding at most ``batch_size`` rows and ``max_tokens``
+    padded tokens.
 
     ``positions`` are the indices into ``encodings`` of the batch's rows, so scores go
     back to the caller's order with ``out[positions] = batch_scores``. ``names`` are the
     inputs the model declares; ``dtypes`` their integer types (int64 unless said).
     """
-    dtypes = dtypes or {}
-    lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-    order = np.argsort(-lengths, kind="stable")
-    for start in range(0, len(order), batch_size):
-        positions = order[start : start + batch_size]
-        width = int(lengths[positions[0]])
-        rows = len(positions)
-        ids = np.full((rows, width), pad_id, dtype=np.int64)
-        mask = np.zeros((rows, width), dtype=np.int64)
-        types = np.zeros((rows, width), dtype=np.int64) if "token_type_ids" in names else None
-        for row, position in enumerate(positions):
-            encoding = encodings[position]
-            n = len(encoding.ids)
-            ids[row, :n] = encoding.ids
-            mask[row, :n] = encoding.attention_mask
-            if types is not None:
-                types[row, :n] = encoding.type_ids
-        arrays: dict[str, np.ndarray] = {"input_ids": ids, "attention_mask": mask}
-        if types is not None:
-            arrays["token_type_ids"] = types
-        feeds: dict[str, np.ndarray] = {}
-        for name in names:
-            array = arrays[name]
-            dtype = dtypes.get(name, np.dtype(np.int64))
-            feeds[name] = array if array.dtype == dtype else array.astype(dtype)
-        yield positions, feeds
+    lengths = [len(e.ids) for e in encodings]
+    for positions, width in plan_batches(
+        lengths, batch_size, max_tokens=max_tokens, pad_multiple=pad_multiple, max_width=max_width
+    ):
+        yield positions, make_feeds([encodings[p] for p in positions], width, pad_id, names, dtypes)

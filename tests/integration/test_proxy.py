@@ -506,3 +506,21 @@ def test_metrics_count_requests_by_outcome(http):
     assert 'es_rerank_requests_total{index="rr-*",outcome="skipped",reason="size_0",route="search"}' in text
     assert 'route="passthrough"' in text
     assert "es_rerank_request_seconds_bucket" in text
+
+
+def test_chunking_reports_model_passes_within_cap(direct, opensearch_url, tiny_model_dir, serve_app):
+    settings = settings_from_dict(
+        {
+            "upstream": {"url": opensearch_url},
+            "models": {"tiny": {"path": str(tiny_model_dir), "max_length": 64}},
+            "indices": [{"pattern": "rr-*", "window": 10, "chunking": {"mode": "chunk", "stride": 8, "max_chunks": 3, "aggregate": "max"}}],
+        },
+        env={},
+    )
+    with serve_app(create_app(settings)) as served, httpx.Client(base_url=served.url, timeout=60) as c:
+        r = c.post(f"/{INDEX}/_search", json={"query": {"match": {"text": QUERY}}, "size": 10})
+        assert r.status_code == 200 and r.headers["x-rerank"] == "reranked"
+        pairs = int(r.headers["x-rerank-pairs"])
+        # SciFact abstracts are longer than 64 tokens: several chunks a hit, never more than 3.
+        assert 10 < pairs <= 30
+        assert len(r.json()["hits"]["hits"]) == 10

@@ -1,0 +1,857 @@
+"""``es-rerank bench``: the engine's speed on real pairs, side by side with its peers.
+
+Pairs come from a BEIR data set (``corpus.jsonl``, ``queries*.jsonl``, ``qrels/``)
+and a first-stage top K, either searched in OpenSearch (the BEIR BM25 baseline
+query) or read from a saved run file (``{"qid": {"docid": score}}``, or TREC).
+
+Three measurements, printed as tables (and a plot with ``--plot``):
+
+1. **Throughput** on the same pairs (the first ``--throughput-queries`` queries at
+   the largest K), one query per call as the proxy calls it, in one process with
+   the same threads: each ONNX variant given with ``--onnx-file`` and, with
+   ``--peers``, sentence-transformers' ``CrossEncoder`` on its PyTorch and its ONNX
+   backends. Calls are interleaved query by query (A, B, C, A, B, C...) so load
+   from elsewhere on the machine hits every contender alike, and an fp32 numpy
+   matrix multiply is timed between them the same way: the engine's achieved FLOP
+   rate (FLOPs per pair from the model's shape and each pair's real token count)
+   is printed as a fraction of that rate. Ratios to each peer are printed.
+2. **Latency and concurrency**: for each K and 1, 4, 16 concurrent clients, pairs/s
+   and per-query latency p50/p95/p99 through ``ascore`` (the cross-request batcher
+   on), plus the longest time the batcher held a request waiting for company.
+3. **Quality** (``--quality``): NDCG@10 of the first stage and of each variant's
+   reranking over every judged query, and each variant's difference to the first.
+
+The score cache is off here (every call runs the model).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import math
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import click
+import numpy as np
+
+from .errors import RerankError
+from .reranker import OnnxReranker, ScoreStats, physical_cores
+
+__all__ = [
+    "BenchError",
+    "BenchData",
+    "ModelShape",
+    "ThroughputResult",
+    "CellResult",
+    "QualityResult",
+    "BenchResult",
+    "load_corpus",
+    "load_run",
+    "save_run",
+    "search_run",
+    "load_bench_data",
+    "model_shape",
+    "pair_flops",
+    "numpy_matmul",
+    "run_bench",
+    "format_report",
+    "plot_bench",
+    "bench",
+]
+
+DEFAULT_KS = (10, 20, 50, 100)
+DEFAULT_CONCURRENCY = (1, 4, 16)
+
+
+class BenchError(RerankError):
+    """The benchmark cannot run: missing data, a bad run file, a missing peer library."""
+
+    type = "rerank_bench_exception"
+
+
+# -- data ------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchData:
+    """Queries, their first-stage candidates (best first) and the passage texts."""
+
+    queries: dict[str, str]
+    candidates: dict[str, list[str]]
+    passages: dict[str, str]
+    qrels: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def query_ids(self) -> list[str]:
+        return [qid for qid in self.candidates if qid in self.queries and self.candidates[qid]]
+
+    def pairs_for(self, qid: str, k: int) -> list[str]:
+        return [self.passages[did] for did in self.candidates[qid][:k]]
+
+
+def _open_text(path: Path):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return path.open(encoding="utf-8")
+
+
+def _find(directory: Path, names: Sequence[str], what: str) -> Path:
+    for name in names:
+        if (directory / name).is_file():
+            return directory / name
+    raise BenchError(f"{directory} has no {what} ({' or '.join(names)})")
+
+
+def load_corpus(path: str | Path, fields: Sequence[str] = ("title", "text"), ids: Iterable[str] | None = None) -> dict[str, str]:
+    """BEIR ``corpus.jsonl`` (or ``.gz``): doc id -> its fields joined by a space (as the proxy joins them)."""
+    wanted = set(ids) if ids is not None else None
+    out: dict[str, str] = {}
+    with _open_text(Path(path)) as lines:
+        for line in lines:
+            if not line.strip():
+                continue
+            doc = json.loads(line)
+            did = str(doc["_id"])
+            if wanted is not None and did not in wanted:
+                continue
+            out[did] = " ".join(str(doc[f]) for f in fields if doc.get(f))
+    return out
+
+
+def load_run(path: str | Path) -> dict[str, list[str]]:
+    """A saved first stage, doc ids best first: JSON ``{"qid": {"docid": score, ...}}`` or
+    ``{"qid": ["docid", ...]}`` (best first), or a TREC run (``qid Q0 docid rank score tag``)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise BenchError(f"cannot read run file {path}: {exc.strerror}") from None
+    run: dict[str, dict[str, float]] = {}
+    if text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise BenchError(f"run file {path} is not valid JSON: {exc}") from None
+        for qid, docs in data.items():
+            if isinstance(docs, list):
+                run[str(qid)] = {str(d): -float(i) for i, d in enumerate(docs)}
+            else:
+                run[str(qid)] = {str(d): float(s) for d, s in docs.items()}
+    else:
+        for n, line in enumerate(text.splitlines(), 1):
+            cols = line.split()
+            if not cols:
+                continue
+            if len(cols) != 6:
+                raise BenchError(f"{path}:{n}: a TREC run line has 6 columns (qid Q0 docid rank score tag)")
+            run.setdefault(cols[0], {})[cols[2]] = float(cols[4])
+    return {qid: [d for d, _ in sorted(docs.items(), key=lambda kv: -kv[1])] for qid, docs in run.items()}
+
+
+def save_run(candidates: Mapping[str, Sequence[str]], path: str | Path) -> Path:
+    """Write candidates as a compact JSON run, ``{"qid": ["best doc id", ...]}``, that :func:`load_run` reads."""
+    path = Path(path)
+    path.write_text(json.dumps({qid: list(ids) for qid, ids in candidates.items()}, separators=(",", ":")), encoding="utf-8")
+    return path
+
+
+def search_run(
+    url: str, index: str, queries: Mapping[str, str], k: int, fields: Sequence[str] = ("title", "text")
+) -> dict[str, list[str]]:
+    """Top ``k`` doc ids per query from OpenSearch with the BEIR BM25 baseline query."""
+    import httpx
+
+    from .evaluation import default_first_stage_query, first_stage_body
+
+    template = default_first_stage_query(fields)
+    out: dict[str, list[str]] = {}
+    with httpx.Client(base_url=url.rstrip("/"), timeout=30) as client:
+        for qid, text in queries.items():
+            try:
+                response = client.post(f"/{index}/_search", json=first_stage_body(template, text, size=k))
+            except httpx.HTTPError as exc:
+                raise BenchError(f"cannot search {url}: {exc}") from None
+            if response.status_code != 200:
+                raise BenchError(f"{url}/{index}/_search answered {response.status_code}: {response.text[:200]}")
+            out[qid] = [hit["_id"] for hit in response.json()["hits"]["hits"]]
+    return out
+
+
+def load_bench_data(
+    corpus_dir: str | Path,
+    *,
+    split: str = "dev",
+    run_file: str | Path | None = None,
+    opensearch_url: str | None = None,
+    index: str | None = None,
+    k: int = 100,
+    fields: Sequence[str] = ("title", "text"),
+) -> BenchData:
+    """Queries (judged ones, when qrels exist), their top-``k`` candidates and the passages."""
+    from .evaluation import load_qrels, load_queries
+
+    corpus_dir = Path(corpus_dir)
+    queries = load_queries(_find(corpus_dir, [f"queries-{split}.jsonl", "queries.jsonl"], "queries file"))
+    qrels: dict[str, dict[str, int]] = {}
+    qrels_path = corpus_dir / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file() and (corpus_dir / f"qrels-{split}.tsv").is_file():
+        qrels_path = corpus_dir / f"qrels-{split}.tsv"
+    if qrels_path.is_file():
+        qrels = load_qrels(qrels_path)
+        queries = {qid: text for qid, text in queries.items() if qid in qrels}
+    if run_file is not None:
+        candidates = load_run(run_file)
+    elif opensearch_url and index:
+        candidates = search_run(opensearch_url, index, queries, k, fields)
+    else:
+        raise BenchError("give a saved first stage (--run) or an OpenSearch to search (--opensearch-url and --index)")
+    candidates = {qid: ids[:k] for qid, ids in candidates.items() if qid in queries}
+    if not candidates:
+        raise BenchError("no query of the queries file has first-stage candidates")
+    corpus_path = _find(corpus_dir, ["corpus.jsonl", "corpus.jsonl.gz"], "corpus file")
+    passages = load_corpus(corpus_path, fields, {d for ids in candidates.values() for d in ids})
+    missing = {d for ids in candidates.values() for d in ids} - passages.keys()
+    if missing:
+        raise BenchError(f"{len(missing)} candidate doc id(s) are not in {corpus_path} (e.g. {sorted(missing)[:3]})")
+    return BenchData(queries=queries, candidates=candidates, passages=passages, qrels=qrels)
+
+
+# -- FLOPs -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a BERT-like encoder's FLOPs depend on."""
+
+    layers: int
+    hidden: int
+    intermediate: int
+
+    def flops(self, tokens: int) -> float:
+        """Multiply-adds x 2 for one pair of ``tokens`` tokens: Q, K, V, output and the two FFN
+        products per token, plus QK^T and attention x V (quadratic in ``tokens``)."""
+        h, i, n = self.hidden, self.intermediate, tokens
+        return float(self.layers * (2 * n * (4 * h * h + 2 * h * i) + 4 * n * n * h))
+
+
+def model_shape(model_dir: str | Path, onnx_path: str | Path | None = None) -> ModelShape:
+    """Layers, hidden and intermediate sizes: from ``config.json`` (or ``hf/config.json``),
+    else read off the ONNX graph's weights."""
+    model_dir = Path(model_dir)
+    for candidate in (model_dir / "config.json", model_dir / "hf" / "config.json"):
+        if candidate.is_file():
+            config = json.loads(candidate.read_text(encoding="utf-8"))
+            try:
+                return ModelShape(
+                    int(config["num_hidden_layers"]), int(config["hidden_size"]), int(config["intermediate_size"])
+                )
+            except (KeyError, TypeError, ValueError):
+                break
+    if onnx_path is None:
+        raise BenchError(f"no config.json in {model_dir} to read the model's shape from")
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    shapes = [tuple(i.dims) for i in model.graph.initializer if len(i.dims) == 2]
+    embedding = max(shapes, key=lambda s: s[0])  # the word embeddings: [vocab, hidden]
+    hidden = int(embedding[1])
+    ffn = [s for s in shapes if s[0] == hidden and s[1] > hidden and s[1] != 3 * hidden]
+    if not ffn:
+        raise BenchError(f"cannot read the model's shape from {onnx_path}")
+    intermediate = int(max(ffn, key=lambda s: s[1])[1])
+    layers = sum(1 for s in ffn if s[1] == intermediate)
+    return ModelShape(layers, hidden, intermediate)
+
+
+def pair_flops(shape: ModelShape, lengths: Iterable[int]) -> float:
+    return sum(shape.flops(int(n)) for n in lengths)
+
+
+def numpy_matmul(n: int = 2048, repeats: int = 1) -> tuple[float, float]:
+    """(FLOPs, seconds) of the fastest of ``repeats`` fp32 ``n x n`` matrix products."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3, best
+
+
+# -- contenders ------------------------------------------------------------------------
+
+ScoreFn = Callable[[str, list[str]], Any]
+
+
+@dataclass
+class _Contender:
+    label: str
+    score: ScoreFn
+    kind: str  # "engine" or "peer"
+    seconds: float = 0.0
+    per_query: list[float] = field(default_factory=list)
+    pairs: int = 0
+
+
+def _peer_contenders(hf_dir: Path, threads: int, max_length: int, batch_size: int, which: Sequence[str]) -> list[_Contender]:
+    """sentence-transformers' CrossEncoder on its PyTorch and ONNX backends (the ``peers`` extra)."""
+    try:
+        import torch
+        from sentence_transformers import CrossEncoder
+    except ImportError as exc:
+        raise BenchError(
+            f"--peers needs sentence-transformers and torch ({exc}): pip install 'es-rerank[peers]'"
+        ) from None
+    if not hf_dir.is_dir():
+        raise BenchError(f"--peers needs the model as a Hugging Face checkpoint; {hf_dir} is not a directory")
+    torch.set_num_threads(threads)
+    contenders: list[_Contender] = []
+    if "torch" in which:
+        torch_model = CrossEncoder(str(hf_dir), device="cpu", max_length=max_length, backend="torch")
+        torch_model.model.eval()
+
+        def torch_score(query: str, passages: list[str], m: Any = torch_model) -> Any:
+            with torch.inference_mode():
+                return m.predict([(query, p) for p in passages], batch_size=batch_size, show_progress_bar=False)
+
+        contenders.append(_Contender("sentence-transformers torch", torch_score, "peer"))
+    if "onnx" in which:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BenchError("the ONNX peer needs onnxruntime") from None
+        # The ONNX backend exports the checkpoint with optimum on first load; work on a copy
+        # so a read-only model directory is never written to.
+        work = Path(tempfile.mkdtemp(prefix="es-rerank-bench-st-"))
+        shutil.copytree(hf_dir, work / "model", ignore=shutil.ignore_patterns("onnx"))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        try:
+            onnx_model = CrossEncoder(
+                str(work / "model"), device="cpu", max_length=max_length, backend="onnx",
+                model_kwargs={"provider": "CPUExecutionProvider", "session_options": options},
+            )  # fmt: skip
+        except Exception as exc:  # optimum missing or export failed
+            raise BenchError(f"sentence-transformers' ONNX backend failed to load {hf_dir}: {exc}") from None
+
+        def onnx_score(query: str, passages: list[str], m: Any = onnx_model) -> Any:
+            return m.predict([(query, p) for p in passages], batch_size=batch_size, show_progress_bar=False)
+
+        contenders.append(_Contender("sentence-transformers onnx", onnx_score, "peer"))
+    return contenders
+
+
+# -- results ---------------------------------------------------------------------------
+
+
+@dataclass
+class ThroughputResult:
+    label: str
+    kind: str
+    pairs: int
+    seconds: float
+    pairs_per_s: float
+    flop_rate: float  # FLOP/s achieved over the real tokens
+    flop_fraction: float  # of numpy's fp32 matmul rate in the same run
+    p50_ms: float
+
+
+@dataclass
+class CellResult:
+    label: str
+    k: int
+    concurrency: int
+    queries: int
+    pairs: int
+    seconds: float
+    pairs_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_hold_ms: float
+    merged_runs: int
+    runs: int
+    timeouts: int
+
+
+@dataclass
+class QualityResult:
+    label: str
+    queries: int
+    k: int
+    ndcg10: float
+    first_stage_ndcg10: float
+    pairs_per_s: float
+
+
+@dataclass
+class BenchResult:
+    provider: str
+    threads: int
+    model_shape: ModelShape
+    throughput_k: int
+    throughput_queries: int
+    mean_tokens: float
+    gflop_per_pair: float
+    numpy_flop_rate: float  # total FLOPs / total seconds of the interleaved matmuls
+    numpy_best_flop_rate: float
+    batch_wait_ms: float
+    max_batch_tokens: int
+    matmul_n: int = 2048
+    throughput: list[ThroughputResult] = field(default_factory=list)
+    cells: list[CellResult] = field(default_factory=list)
+    quality: list[QualityResult] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def _pct(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else math.nan
+
+
+# -- measurements ----------------------------------------------------------------------
+
+
+def _throughput(
+    contenders: list[_Contender],
+    data: BenchData,
+    qids: list[str],
+    k: int,
+    matmul_n: int,
+) -> tuple[float, float]:
+    """Time every contender on the same queries, interleaved; numpy matmuls between them.
+
+    Returns numpy's rate as total FLOPs over total time, and its best single rate.
+    """
+    for c in contenders:  # first calls pay one-off costs (allocations, lazy init)
+        c.score(data.queries[qids[0]], data.pairs_for(qids[0], min(k, 8)))
+    numpy_matmul(matmul_n)
+    np_flops = np_seconds = 0.0
+    np_best = 0.0
+    for i, qid in enumerate(qids):
+        query, passages = data.queries[qid], data.pairs_for(qid, k)
+        rotation = contenders[i % len(contenders) :] + contenders[: i % len(contenders)]
+        for c in rotation:
+            t0 = time.perf_counter()
+            c.score(query, passages)
+            dt = time.perf_counter() - t0
+            c.seconds += dt
+            c.per_query.append(dt)
+            c.pairs += len(passages)
+        flops, seconds = numpy_matmul(matmul_n)
+        np_flops += flops
+        np_seconds += seconds
+        np_best = max(np_best, flops / seconds)
+    return np_flops / np_seconds, np_best
+
+
+async def _cell(
+    engine: OnnxReranker,
+    data: BenchData,
+    qids: list[str],
+    k: int,
+    concurrency: int,
+    deadline_s: float | None,
+) -> tuple[list[float], list[ScoreStats], float, int]:
+    """``concurrency`` clients, each scoring its share of ``qids`` one query at a time."""
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for qid in qids:
+        queue.put_nowait(qid)
+    latencies: list[float] = []
+    stats_list: list[ScoreStats] = []
+    timeouts = 0
+
+    async def client() -> None:
+        nonlocal timeouts
+        while True:
+            try:
+                qid = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            stats = ScoreStats()
+            t0 = time.perf_counter()
+            try:
+                await asyncio.wait_for(engine.ascore(data.queries[qid], data.pairs_for(qid, k), stats=stats), deadline_s)
+            except asyncio.TimeoutError:
+                timeouts += 1
+            latencies.append(time.perf_counter() - t0)
+            stats_list.append(stats)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return latencies, stats_list, time.perf_counter() - t0, timeouts
+
+
+def run_bench(
+    model_dir: str | Path,
+    data: BenchData,
+    *,
+    onnx_files: Sequence[str] = ("model.onnx",),
+    tokenizer_file: str = "tokenizer.json",
+    provider: str = "cpu",
+    threads: int = 0,
+    max_length: int = 256,
+    batch_size: int = 32,
+    max_batch_tokens: int = 8192,
+    batch_wait_ms: float = 2.0,
+    ks: Sequence[int] = DEFAULT_KS,
+    concurrency: Sequence[int] = DEFAULT_CONCURRENCY,
+    throughput_queries: int = 20,
+    queries_per_cell: int = 16,
+    peers: Sequence[str] = (),
+    hf_dir: str | Path | None = None,
+    throughput: bool = True,
+    latency: bool = True,
+    quality: bool = False,
+    deadline_s: float | None = None,
+    matmul_n: int = 2048,
+    progress: Callable[[str], None] | None = None,
+) -> BenchResult:
+    """Measure; see the module docstring. ``peers`` is a subset of ``("torch", "onnx")``."""
+    say = progress or (lambda message: None)
+    model_dir = Path(model_dir)
+    threads = threads or physical_cores()
+    qids = data.query_ids()
+    k_max = max(ks)
+    engines: list[tuple[str, OnnxReranker]] = []
+    try:
+        for name in onnx_files:
+            engines.append(
+                (
+                    name,
+                    OnnxReranker(
+                        name, model_dir / name, model_dir / tokenizer_file, providers=[provider],
+                        max_length=max_length, batch_size=batch_size, intra_op_threads=threads,
+                        max_batch_tokens=max_batch_tokens, batch_wait_ms=batch_wait_ms, cache_size=0,
+                    ),  # fmt: skip
+                )
+            )
+        first = engines[0][1]
+        wanted = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}.get(provider.lower())
+        if wanted and first.provider != wanted:
+            raise BenchError(f"asked for {wanted} but ONNX Runtime runs the model on {first.provider}")
+        shape = model_shape(model_dir, model_dir / onnx_files[0])
+        t_qids = qids[:throughput_queries]
+        lengths = [n for qid in t_qids for n in first.token_lengths(data.queries[qid], data.pairs_for(qid, k_max))]
+        flops_total = pair_flops(shape, lengths)
+        result = BenchResult(
+            provider=first.provider, threads=threads, model_shape=shape, throughput_k=k_max,
+            throughput_queries=len(t_qids), mean_tokens=float(np.mean(lengths)),
+            gflop_per_pair=flops_total / len(lengths) / 1e9, numpy_flop_rate=math.nan,
+            numpy_best_flop_rate=math.nan, batch_wait_ms=batch_wait_ms, max_batch_tokens=max_batch_tokens, matmul_n=matmul_n,
+        )  # fmt: skip
+
+        # 1. throughput, interleaved with the peers and numpy
+        contenders: list[_Contender] = [] if not throughput else [_Contender(f"es-rerank {name}", (lambda q, p, e=e: e.score(q, p)), "engine") for name, e in engines]
+        if peers and throughput:
+            say(f"loading peers: {', '.join(peers)}")
+            contenders += _peer_contenders(Path(hf_dir or model_dir / "hf"), threads, max_length, batch_size, peers)
+        if contenders:
+            say(f"throughput: {len(t_qids)} queries x K={k_max}, {len(contenders)} contender(s), interleaved")
+            np_rate, np_best = _throughput(contenders, data, t_qids, k_max, matmul_n)
+            result.numpy_flop_rate, result.numpy_best_flop_rate = np_rate, np_best
+        for c in contenders:
+            rate = flops_total / c.seconds
+            result.throughput.append(
+                ThroughputResult(
+                    label=c.label, kind=c.kind, pairs=c.pairs, seconds=c.seconds, pairs_per_s=c.pairs / c.seconds,
+                    flop_rate=rate, flop_fraction=rate / np_rate, p50_ms=_pct(c.per_query, 50) * 1000,
+                )  # fmt: skip
+            )
+
+        # 2. latency under concurrency, through ascore and the batcher
+        if latency:
+            for name, engine in engines:
+                for k in sorted(ks):
+                    for c in sorted(concurrency):
+                        n = max(queries_per_cell, c)
+                        cell_qids = [qids[i % len(qids)] for i in range(n)]
+                        runs0, merged0 = engine._batcher.runs, engine._batcher.merged_runs
+                        say(f"latency: {name} K={k} clients={c} ({n} queries)")
+                        latencies, stats, seconds, timeouts = asyncio.run(
+                            _cell(engine, data, cell_qids, k, c, deadline_s)
+                        )
+                        pairs = sum(s.pairs for s in stats)
+                        result.cells.append(
+                            CellResult(
+                                label=f"es-rerank {name}", k=k, concurrency=c, queries=n, pairs=pairs,
+                                seconds=seconds, pairs_per_s=pairs / seconds,
+                                p50_ms=_pct(latencies, 50) * 1000, p95_ms=_pct(latencies, 95) * 1000,
+                                p99_ms=_pct(latencies, 99) * 1000, max_hold_ms=max(s.hold_ms for s in stats),
+                                merged_runs=engine._batcher.merged_runs - merged0,
+                                runs=engine._batcher.runs - runs0, timeouts=timeouts,
+                            )  # fmt: skip
+                        )
+
+        # 3. quality over every judged query
+        if quality:
+            if not data.qrels:
+                raise BenchError("--quality needs qrels for the split")
+            from .evaluation import rank_metrics
+
+            first_stage = {qid: data.candidates[qid][:k_max] for qid in qids}
+            fs, _ = rank_metrics(data.qrels, first_stage, recall_at=k_max)
+            for name, engine in engines:
+                say(f"quality: {name} over {len(qids)} queries x K={k_max}")
+                rankings: dict[str, list[str]] = {}
+                pairs = 0
+                t0 = time.perf_counter()
+                for qid in qids:
+                    ids = data.candidates[qid][:k_max]
+                    scores = engine.score(data.queries[qid], [data.passages[d] for d in ids])
+                    rankings[qid] = [ids[i] for i in np.argsort(-scores, kind="stable")]
+                    pairs += len(ids)
+                seconds = time.perf_counter() - t0
+                means, _ = rank_metrics(data.qrels, rankings, recall_at=k_max)
+                result.quality.append(
+                    QualityResult(
+                        label=f"es-rerank {name}", queries=len(qids), k=k_max, ndcg10=means["ndcg@10"],
+                        first_stage_ndcg10=fs["ndcg@10"], pairs_per_s=pairs / seconds,
+                    )  # fmt: skip
+                )
+        return result
+    finally:
+        for _, engine in engines:
+            engine.close()
+
+
+# -- output ----------------------------------------------------------------------------
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def _bar(value: float, top: float, width: int = 40) -> str:
+    n = 0 if top <= 0 or not math.isfinite(value) else int(round(width * value / top))
+    return "#" * max(0, min(width, n))
+
+
+def format_report(result: BenchResult) -> str:
+    """The tables and a text plot, as printed by ``es-rerank bench``."""
+    out: list[str] = []
+    shape = result.model_shape
+    out.append(
+        f"provider {result.provider}, {result.threads} thread(s); model {shape.layers} layers, hidden {shape.hidden}, "
+        f"intermediate {shape.intermediate}; batches of <= {result.max_batch_tokens} tokens, wait {result.batch_wait_ms:g} ms"
+    )
+    out.append(
+        f"throughput pairs: {result.throughput_queries} queries x K={result.throughput_k}, mean {result.mean_tokens:.1f} "
+        f"tokens/pair, {result.gflop_per_pair:.2f} GFLOP/pair"
+    )
+    if result.throughput:
+        out.append(
+            f"numpy fp32 matmul ({result.matmul_n}x{result.matmul_n}, between the calls): "
+            f"{result.numpy_flop_rate / 1e9:.1f} GFLOP/s (fastest single product {result.numpy_best_flop_rate / 1e9:.1f})"
+        )
+    out.append("")
+    if result.throughput:
+        peers = [t for t in result.throughput if t.kind == "peer"]
+        cpu = result.provider == "CPUExecutionProvider"
+        header = ["contender", "pairs", "pairs/s", "GFLOP/s", "of numpy", "p50 ms/query"] + [f"x {p.label.split()[-1]}" for p in peers]
+        rows = []
+        for t in result.throughput:
+            rows.append(
+                [t.label, str(t.pairs), f"{t.pairs_per_s:.1f}", f"{t.flop_rate / 1e9:.1f}",
+                 f"{t.flop_fraction:.1%}" if cpu else "n/a (GPU)", f"{t.p50_ms:.0f}"]
+                + [f"{t.pairs_per_s / p.pairs_per_s:.2f}" for p in peers]
+            )
+        out.append("Throughput (same pairs, same threads, interleaved query by query)")
+        out.append(_table(header, rows))
+        top = max(t.pairs_per_s for t in result.throughput)
+        out.append("")
+        for t in result.throughput:
+            out.append(f"  {t.label:<34} {_bar(t.pairs_per_s, top)} {t.pairs_per_s:.1f}")
+        out.append("")
+    if result.cells:
+        out.append("Latency per query and throughput under concurrency (ascore, cross-request batcher)")
+        header = ["engine", "K", "clients", "queries", "pairs/s", "p50 ms", "p95 ms", "p99 ms", "max hold ms", "merged runs", "timeouts"]
+        rows = [
+            [c.label, str(c.k), str(c.concurrency), str(c.queries), f"{c.pairs_per_s:.1f}", f"{c.p50_ms:.0f}",
+             f"{c.p95_ms:.0f}", f"{c.p99_ms:.0f}", f"{c.max_hold_ms:.2f}", f"{c.merged_runs}/{c.runs}", str(c.timeouts)]
+            for c in result.cells
+        ]  # fmt: skip
+        out.append(_table(header, rows))
+        by_key: dict[tuple[str, int], dict[int, CellResult]] = {}
+        for c in result.cells:
+            by_key.setdefault((c.label, c.k), {})[c.concurrency] = c
+        out.append("")
+        for (label, k), cells in by_key.items():
+            lo, hi = min(cells), max(cells)
+            if lo != hi:
+                ratio = cells[hi].pairs_per_s / cells[lo].pairs_per_s
+                out.append(
+                    f"  {label} K={k}: {hi} clients {cells[hi].pairs_per_s:.1f} pairs/s vs {lo} client "
+                    f"{cells[lo].pairs_per_s:.1f} pairs/s ({ratio:.2f}x); longest batcher hold "
+                    f"{max(c.max_hold_ms for c in cells.values()):.2f} ms (bound {result.batch_wait_ms:g} ms)"
+                )
+        out.append("")
+    if result.quality:
+        out.append(f"Quality (NDCG@10, {result.quality[0].queries} judged queries, first stage top {result.quality[0].k})")
+        base = result.quality[0]
+        header = ["engine", "first stage", "reranked", "vs first variant", "pairs/s"]
+        rows = [
+            [q.label, f"{q.first_stage_ndcg10:.4f}", f"{q.ndcg10:.4f}", f"{q.ndcg10 - base.ndcg10:+.4f}", f"{q.pairs_per_s:.1f}"]
+            for q in result.quality
+        ]
+        out.append(_table(header, rows))
+        out.append("")
+    return "\n".join(out)
+
+
+def plot_bench(result: BenchResult, path: str | Path) -> Path:
+    """A PNG: throughput per contender, and pairs/s and p95 latency against K per client count."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise BenchError("the plot needs matplotlib: pip install 'es-rerank[bench]'") from None
+    path = Path(path)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    labels = [t.label.replace("sentence-transformers", "ST") for t in result.throughput]
+    axes[0].barh(labels, [t.pairs_per_s for t in result.throughput])
+    axes[0].set_xlabel(f"pairs/s (K={result.throughput_k}, {result.threads} threads, {result.provider})")
+    axes[0].invert_yaxis()
+    groups: dict[tuple[str, int], list[CellResult]] = {}
+    for c in result.cells:
+        groups.setdefault((c.label, c.concurrency), []).append(c)
+    for (label, conc), cells in groups.items():
+        cells = sorted(cells, key=lambda c: c.k)
+        name = f"{label.removeprefix('es-rerank ')}, {conc} client(s)"
+        axes[1].plot([c.k for c in cells], [c.pairs_per_s for c in cells], marker="o", label=name)
+        axes[2].plot([c.k for c in cells], [c.p95_ms for c in cells], marker="o", label=name)
+    axes[1].set_xlabel("K")
+    axes[1].set_ylabel("pairs/s")
+    axes[2].set_xlabel("K")
+    axes[2].set_ylabel("p95 latency per query (ms)")
+    axes[2].set_yscale("log")
+    if groups:
+        axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# -- command ---------------------------------------------------------------------------
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+    if not values or values[0] < 1:
+        raise click.BadParameter(f"expected positive integers, got {text!r}")
+    return values
+
+
+@click.command("bench")
+@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="model directory")
+@click.option("--onnx-file", "onnx_files", multiple=True, default=["model.onnx"], help="ONNX file(s) in the model directory to compare (repeat)")
+@click.option("--tokenizer-file", default="tokenizer.json")
+@click.option("--corpus", "corpus_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="BEIR data set directory")
+@click.option("--split", default="dev", help="queries-<split>.jsonl and qrels/<split>.tsv")
+@click.option("--run", "run_file", type=click.Path(dir_okay=False, path_type=Path), help="saved first stage (JSON or TREC run)")
+@click.option("--opensearch-url", help="search the first stage here instead of --run")
+@click.option("--index", help="index to search")
+@click.option("--save-run", "save_run_file", type=click.Path(dir_okay=False, path_type=Path), help="write the first stage used as a JSON run")
+@click.option("--ks", default="10,20,50,100", help="window sizes K")
+@click.option("--concurrency", default="1,4,16", help="concurrent clients")
+@click.option("--provider", default="cpu", help="ONNX Runtime provider: cpu, cuda or auto")
+@click.option("--threads", default=0, help="intra-op threads for every contender; 0 = physical cores")
+@click.option("--max-length", default=256)
+@click.option("--batch-size", default=32, help="rows per model run at most (and the peers' batch size)")
+@click.option("--max-batch-tokens", default=8192, help="padded tokens per model run")
+@click.option("--batch-wait-ms", default=2.0, help="the batcher's wait bound")
+@click.option("--throughput-queries", default=20, help="queries in the throughput comparison")
+@click.option("--queries-per-cell", default=16, help="queries per (K, clients) latency cell (at least the clients)")
+@click.option("--peers", "with_peers", is_flag=True, help="also time sentence-transformers' CrossEncoder (torch and onnx backends)")
+@click.option("--peer", "peer_names", multiple=True, type=click.Choice(["torch", "onnx"]), help="only these peers (implies --peers)")
+@click.option("--hf-dir", type=click.Path(file_okay=False, path_type=Path), help="Hugging Face checkpoint for the peers [default: MODEL/hf]")
+@click.option("--throughput/--no-throughput", default=True, help="the interleaved throughput comparison")
+@click.option("--latency/--no-latency", default=True, help="the latency/concurrency cells")
+@click.option("--quality", is_flag=True, help="NDCG@10 of each ONNX file over every judged query")
+@click.option("--matmul-size", default=2048, help="n of the n x n fp32 numpy product timed between calls")
+@click.option("--deadline-ms", type=float, default=None, help="per-query deadline in the latency cells (counted as timeouts)")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="write a PNG plot here")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write all figures as JSON here")
+def bench(
+    model_dir: Path,
+    onnx_files: tuple[str, ...],
+    tokenizer_file: str,
+    corpus_dir: Path,
+    split: str,
+    run_file: Path | None,
+    opensearch_url: str | None,
+    index: str | None,
+    save_run_file: Path | None,
+    ks: str,
+    concurrency: str,
+    provider: str,
+    threads: int,
+    max_length: int,
+    batch_size: int,
+    max_batch_tokens: int,
+    batch_wait_ms: float,
+    throughput_queries: int,
+    queries_per_cell: int,
+    with_peers: bool,
+    peer_names: tuple[str, ...],
+    hf_dir: Path | None,
+    throughput: bool,
+    latency: bool,
+    quality: bool,
+    matmul_size: int,
+    deadline_ms: float | None,
+    plot_path: Path | None,
+    json_path: Path | None,
+) -> None:
+    """Measure the reranker on real pairs: throughput against peers and numpy, latency under concurrency, quality."""
+    k_values, clients = _ints(ks), _ints(concurrency)
+    peers = list(peer_names) or (["torch", "onnx"] if with_peers else [])
+    say = lambda message: click.echo(f"[bench] {message}", err=True)  # noqa: E731
+    try:
+        data = load_bench_data(
+            corpus_dir, split=split, run_file=run_file, opensearch_url=opensearch_url, index=index, k=max(k_values)
+        )
+        if save_run_file:
+            say(f"first stage written to {save_run(data.candidates, save_run_file)}")
+        result = run_bench(
+            model_dir, data, onnx_files=onnx_files, tokenizer_file=tokenizer_file, provider=provider,
+            threads=threads, max_length=max_length, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+            batch_wait_ms=batch_wait_ms, ks=k_values, concurrency=clients, throughput_queries=throughput_queries,
+            queries_per_cell=queries_per_cell, peers=peers, hf_dir=hf_dir, throughput=throughput, latency=latency,
+            quality=quality,
+            deadline_s=deadline_ms / 1000 if deadline_ms else None, matmul_n=matmul_size, progress=say,
+        )  # fmt: skip
+    except RerankError as exc:
+        click.echo(f"error: {exc.reason}", err=True)
+        raise SystemExit(1) from None
+    click.echo(format_report(result))
+    if plot_path:
+        click.echo(f"plot: {plot_bench(result, plot_path)}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(result.to_dict(), indent=1, default=str), encoding="utf-8")
+        click.echo(f"figures: {json_path}")
+
+
+if __name__ == "__main__":  # python -m es_rerank.bench ... (without the CLI group)
+    bench()

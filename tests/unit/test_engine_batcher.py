@@ -1,0 +1,291 @@
+"""The cross-request batcher: merges concurrent calls, never mixes up whose score is whose,
+waits for company only within its bound, and drops calls whose caller left."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from es_rerank.errors import ModelError
+from es_rerank.reranker import OnnxReranker, ScoreStats
+from es_rerank.reranker._batcher import Batcher, Job
+
+# -- the batcher alone, with a fake model ------------------------------------------------
+
+
+class Enc:
+    """What the batcher reads of an encoding: its ids."""
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+
+
+class FakeModel:
+    """score = sum of ids; records every run's (rows, width) and can fail or be slow."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.runs: list[tuple[int, int]] = []
+        self.fail_next = False
+        self.lock = threading.Lock()
+
+    def __call__(self, encodings, width):
+        with self.lock:
+            self.runs.append((len(encodings), width))
+            if self.fail_next:
+                self.fail_next = False
+                raise ModelError("boom")
+        time.sleep(self.delay)
+        assert all(len(e.ids) <= width for e in encodings)
+        return np.array([sum(e.ids) for e in encodings], dtype=np.float32)
+
+
+def make_job(values: list[list[int]], batch_size: int = 32, max_width: int = 512) -> Job:
+    return Job([Enc(v) for v in values], batch_size=batch_size, max_width=max_width, stats=ScoreStats())
+
+
+def expected(values: list[list[int]]) -> np.ndarray:
+    return np.array([sum(v) for v in values], dtype=np.float32)
+
+
+def random_values(rng, n, lo=1, hi=60):
+    return [rng.integers(0, 1000, size=int(rng.integers(lo, hi))).tolist() for _ in range(n)]
+
+
+def test_jobs_get_their_own_scores_in_their_own_order():
+    rng = np.random.default_rng(0)
+    model = FakeModel()
+    incoming = [0]
+    batcher = Batcher(model, max_tokens=256, wait_s=0.05, pad_multiple=8, name="t", incoming=lambda: incoming[0])
+    try:
+        incoming[0] = 1  # hold the first jobs until all are in: they share runs
+        jobs = [make_job(random_values(rng, int(rng.integers(1, 30)))) for _ in range(20)]
+        futures = [batcher.submit(job) for job in jobs]
+        incoming[0] = 0
+        batcher.poke()
+        for job, future in zip(jobs, futures):
+            np.testing.assert_array_equal(future.result(5), expected([list(e.ids) for e in job.encodings]))
+        assert batcher.merged_runs >= 1
+        for rows, width in model.runs:
+            assert width % 8 == 0 and (rows * width <= 256 or rows == 1)
+        assert sum(job.stats.pairs for job in jobs) == sum(len(job.encodings) for job in jobs)
+    finally:
+        batcher.close(ModelError("closed"))
+
+
+def test_a_lone_caller_is_not_held():
+    model = FakeModel()
+    batcher = Batcher(model, max_tokens=8192, wait_s=1.0, pad_multiple=8, name="t")  # nobody incoming
+    try:
+        job = make_job([[1, 2, 3]])
+        t0 = time.perf_counter()
+        batcher.submit(job).result(5)
+        assert time.perf_counter() - t0 < 0.5
+        assert job.stats.hold_ms < 100
+    finally:
+        batcher.close(ModelError("closed"))
+
+
+def test_the_hold_is_bounded_by_the_wait():
+    model = FakeModel()
+    # a caller is announced but never arrives: the job must not wait past the bound
+    batcher = Batcher(model, max_tokens=8192, wait_s=0.05, pad_multiple=8, name="t", incoming=lambda: 1)
+    try:
+        job = make_job([[1, 2, 3]])
+        t0 = time.perf_counter()
+        np.testing.assert_array_equal(batcher.submit(job).result(5), [6])
+        waited = time.perf_counter() - t0
+        assert 0.04 <= waited < 1.0
+        assert 40 <= job.stats.hold_ms < 1000
+        # a full budget goes at once, whatever is announced
+        big = make_job([[1] * 64] * 200)
+        t0 = time.perf_counter()
+        batcher.submit(big).result(5)
+        assert big.stats.hold_ms < 40
+    finally:
+        batcher.close(ModelError("closed"))
+
+
+def test_cancelled_jobs_are_dropped():
+    model = FakeModel(delay=0.05)
+    batcher = Batcher(model, max_tokens=64, wait_s=0.0, pad_multiple=8, name="t")
+    try:
+        first = make_job([[1] * 8] * 4, batch_size=1)  # four one-row runs
+        f1 = batcher.submit(first)
+        second = make_job([[2] * 8] * 10, batch_size=1)
+        f2 = batcher.submit(second)
+        assert f2.cancel()
+        f1.result(5)
+        time.sleep(0.2)
+        assert len(model.runs) == 4  # none of the cancelled job's ten pairs ran
+    finally:
+        batcher.close(ModelError("closed"))
+
+
+def test_an_error_reaches_the_callers_of_that_run_only():
+    model = FakeModel()
+    incoming = [1]
+    batcher = Batcher(model, max_tokens=8192, wait_s=0.5, pad_multiple=8, name="t", incoming=lambda: incoming[0])
+    try:
+        model.fail_next = True
+        a, b = make_job([[1]]), make_job([[2]])
+        fa, fb = batcher.submit(a), batcher.submit(b)
+        incoming[0] = 0
+        batcher.poke()
+        for f in (fa, fb):
+            with pytest.raises(ModelError, match="boom"):
+                f.result(5)
+        np.testing.assert_array_equal(batcher.submit(make_job([[5, 5]])).result(5), [10])
+    finally:
+        batcher.close(ModelError("closed"))
+
+
+def test_close_fails_pending_jobs():
+    model = FakeModel(delay=0.2)
+    batcher = Batcher(model, max_tokens=8, wait_s=0.0, pad_multiple=8, name="t")
+    running = batcher.submit(make_job([[1]]))
+    time.sleep(0.05)
+    pending = batcher.submit(make_job([[2]]))
+    batcher.close(ModelError("closed"))
+    with pytest.raises(ModelError, match="closed"):
+        pending.result(5)
+    running.result(5)
+    with pytest.raises(RuntimeError):
+        batcher.submit(make_job([[3]]))
+
+
+# -- through the engine ----------------------------------------------------------------
+
+QUERIES = [
+    "vitamin d deficiency and multiple sclerosis",
+    "football transfers",
+    "olive oil and garlic",
+    "risk factors of smoking",
+    "",
+    "harvest in the village",
+]
+TEXTS = [
+    "Vitamin D deficiency raises the risk of multiple sclerosis in young adults.",
+    "Football clubs spent record sums on transfers this summer.",
+    "A long passage about cooking: " + "tomatoes garlic olive oil basil pasta " * 40,
+    "multiple sclerosis risk factors include smoking, obesity and low vitamin d",
+    "The weather was mild and the harvest good, the village said, year after year. " * 3,
+    "sclerosis",
+    "",
+]
+
+
+def _requests(seed: int, n: int):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        q = QUERIES[int(rng.integers(len(QUERIES)))]
+        idx = rng.choice(len(TEXTS), size=int(rng.integers(1, len(TEXTS) + 1)), replace=False)
+        out.append((q, [TEXTS[i] + (" extra" * int(rng.integers(0, 5))) for i in idx]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def merged(tiny_model_dir):
+    """A model whose batcher waits long for company, so concurrent calls share runs."""
+    with OnnxReranker(
+        "tiny", tiny_model_dir / "model.onnx", tiny_model_dir / "tokenizer.json",
+        cache_size=0, batch_wait_ms=200, max_batch_tokens=4096,
+    ) as reranker:  # fmt: skip
+        yield reranker
+
+
+@pytest.fixture(scope="module")
+def alone(tiny_model_dir):
+    with OnnxReranker(
+        "alone", tiny_model_dir / "model.onnx", tiny_model_dir / "tokenizer.json", cache_size=0, pad_multiple=1
+    ) as reranker:
+        yield reranker
+
+
+def test_concurrent_ascore_calls_get_their_own_scores(merged, alone):
+    requests = _requests(1, 24)
+    expected_scores = [np.concatenate([alone.score(q, [p]) for p in ps]) for q, ps in requests]
+    runs0, merged0 = merged.engine_info()["runs"], merged.engine_info()["merged_runs"]
+
+    async def main():
+        stats = [ScoreStats() for _ in requests]
+        results = await asyncio.gather(*(merged.ascore(q, ps, stats=s) for (q, ps), s in zip(requests, stats)))
+        return results, stats
+
+    results, stats = asyncio.run(main())
+    for got, want in zip(results, expected_scores):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    info = merged.engine_info()
+    assert info["merged_runs"] > merged0  # pairs of different calls did share runs
+    assert info["runs"] - runs0 < len(requests)
+    assert sum(s.merged for s in stats) > 0
+    for s in stats:
+        assert s.pairs >= 1 and s.inference_ms > 0 and s.hold_ms < 2000
+
+
+def test_concurrent_threads_calling_score(merged, alone):
+    requests = _requests(2, 16)
+    expected_scores = [np.concatenate([alone.score(q, [p]) for p in ps]) for q, ps in requests]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda r: merged.score(*r), requests))
+    for got, want in zip(results, expected_scores):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_a_lone_ascore_is_not_held(tiny_model_dir):
+    with OnnxReranker(
+        "tiny", tiny_model_dir / "model.onnx", tiny_model_dir / "tokenizer.json", cache_size=0, batch_wait_ms=500
+    ) as reranker:
+        stats = ScoreStats()
+        t0 = time.perf_counter()
+        asyncio.run(reranker.ascore(QUERIES[0], TEXTS, stats=stats))
+        assert time.perf_counter() - t0 < 0.4
+        assert stats.hold_ms < 100
+
+
+class SlowSession:
+    def __init__(self, inner, delay):
+        self.inner, self.delay, self.runs = inner, delay, 0
+
+    def run(self, *args, **kwargs):
+        self.runs += 1
+        time.sleep(self.delay)
+        return self.inner.run(*args, **kwargs)
+
+
+def test_a_timed_out_call_stops_costing_model_time(tiny_model_dir):
+    with OnnxReranker(
+        "tiny", tiny_model_dir / "model.onnx", tiny_model_dir / "tokenizer.json", cache_size=0, batch_size=1
+    ) as reranker:
+        slow = SlowSession(reranker._session, 0.05)
+        reranker._session = slow
+
+        async def main():
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(reranker.ascore(QUERIES[0], [f"text {i}" for i in range(40)]), 0.12)
+            await asyncio.sleep(0.3)
+
+        asyncio.run(main())
+        assert slow.runs < 10  # 40 one-row runs were asked; the rest were dropped
+        # the model still serves
+        assert reranker.score(QUERIES[0], ["x", "y"]).shape == (2,)
+
+
+def test_closing_fails_waiting_callers(tiny_model_dir):
+    reranker = OnnxReranker("tiny", tiny_model_dir / "model.onnx", tiny_model_dir / "tokenizer.json", batch_size=1)
+    reranker._session = SlowSession(reranker._session, 0.05)
+
+    async def main():
+        task = asyncio.ensure_future(reranker.ascore(QUERIES[0], [f"text {i}" for i in range(20)]))
+        await asyncio.sleep(0.1)
+        reranker.close()
+        with pytest.raises(ModelError):
+            await task
+
+    asyncio.run(main())

@@ -1,0 +1,136 @@
+"""es-rerank bench: data loading, FLOP counting and a whole (tiny) run; no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from es_rerank.bench import (
+    BenchError,
+    ModelShape,
+    bench,
+    format_report,
+    load_bench_data,
+    load_run,
+    model_shape,
+    run_bench,
+    save_run,
+)
+
+REAL_MODEL = Path(__file__).resolve().parents[2].parent / "shared/models/scifact-minilm-l6-ce"
+
+
+def test_flops_per_pair_match_the_model_card():
+    shape = ModelShape(layers=6, hidden=384, intermediate=1536)
+    assert shape.flops(252) / 1e9 == pytest.approx(5.94, abs=0.01)
+    assert shape.flops(0) == 0
+
+
+def test_model_shape_from_config_or_graph(tmp_path, tiny_model_dir):
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text(
+        json.dumps({"num_hidden_layers": 6, "hidden_size": 384, "intermediate_size": 1536})
+    )
+    assert model_shape(tmp_path) == ModelShape(6, 384, 1536)
+    with pytest.raises(BenchError):
+        model_shape(tiny_model_dir)  # no config and no graph given
+
+
+@pytest.mark.skipif(not (REAL_MODEL / "model.onnx").is_file(), reason="shared model not present")
+def test_model_shape_read_off_the_real_graph():
+    assert model_shape(Path("/nonexistent"), REAL_MODEL / "model.onnx") == ModelShape(6, 384, 1536)
+
+
+def test_run_files_round_trip(tmp_path):
+    path = save_run({"q1": ["d3", "d1"], "q2": ["d2"]}, tmp_path / "run.json")
+    assert load_run(path) == {"q1": ["d3", "d1"], "q2": ["d2"]}
+    (tmp_path / "scored.json").write_text(json.dumps({"q1": {"a": 1.0, "b": 3.0}}))
+    assert load_run(tmp_path / "scored.json") == {"q1": ["b", "a"]}
+    (tmp_path / "run.trec").write_text("q1 Q0 a 1 2.5 bm25\nq1 Q0 b 2 7.0 bm25\n")
+    assert load_run(tmp_path / "run.trec") == {"q1": ["b", "a"]}
+    (tmp_path / "bad.trec").write_text("q1 a 1\n")
+    with pytest.raises(BenchError, match="6 columns"):
+        load_run(tmp_path / "bad.trec")
+
+
+@pytest.fixture
+def beir(tmp_path) -> Path:
+    """A small BEIR data set and a saved first stage."""
+    docs = {
+        "d1": ("Vitamin D", "Vitamin D deficiency raises the risk of multiple sclerosis."),
+        "d2": ("Football", "Clubs spent record sums on transfers."),
+        "d3": ("Cooking", "Tomatoes, garlic and olive oil " * 20),
+        "d4": ("MS risk", "Smoking and low vitamin d are risk factors for multiple sclerosis."),
+        "d5": ("Harvest", "The harvest was good this year in the village."),
+    }
+    root = tmp_path / "beir"
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": k, "title": t, "text": x}) + "\n" for k, (t, x) in docs.items())
+    )
+    queries = {"q1": "vitamin d and multiple sclerosis", "q2": "football transfers", "q3": "olive oil", "q4": "unjudged"}
+    (root / "queries-dev.jsonl").write_text("".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in queries.items()))
+    (root / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td4\t1\nq2\td2\t1\nq3\td3\t1\n")
+    save_run({q: ["d5", "d3", "d2", "d4", "d1"] for q in queries}, root / "run.json")
+    return root
+
+
+def test_load_bench_data(beir):
+    data = load_bench_data(beir, run_file=beir / "run.json", k=3)
+    assert sorted(data.queries) == ["q1", "q2", "q3"]  # judged queries only
+    assert data.candidates["q1"] == ["d5", "d3", "d2"]
+    assert data.passages["d2"] == "Football Clubs spent record sums on transfers."
+    with pytest.raises(BenchError, match="--run"):
+        load_bench_data(beir)
+
+
+@pytest.fixture
+def model_dir(tiny_model_dir, tmp_path) -> Path:
+    """The tiny model with a config.json (the shape FLOPs are counted from)."""
+    out = tmp_path / "model"
+    out.mkdir()
+    for name in ("model.onnx", "tokenizer.json"):
+        (out / name).symlink_to(tiny_model_dir / name)
+    (out / "config.json").write_text(json.dumps({"num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": 16}))
+    return out
+
+
+def test_a_whole_run_on_the_tiny_model(beir, model_dir):
+    data = load_bench_data(beir, run_file=beir / "run.json", k=5)
+    result = run_bench(
+        model_dir, data, onnx_files=["model.onnx", "model.onnx"], ks=[2, 5], concurrency=[1, 3],
+        throughput_queries=2, queries_per_cell=3, quality=True, matmul_n=64,
+    )  # fmt: skip
+    assert [t.pairs for t in result.throughput] == [10, 10]
+    assert len(result.cells) == 2 * 2 * 2
+    for cell in result.cells:
+        assert cell.pairs == cell.queries * cell.k and cell.timeouts == 0
+    q = result.quality
+    assert len(q) == 2 and q[0].ndcg10 == q[1].ndcg10 and 0 <= q[0].first_stage_ndcg10 <= 1
+    report = format_report(result)
+    assert "Throughput" in report and "Latency" in report and "Quality" in report
+
+
+def test_the_command(beir, model_dir, tmp_path):
+    out = tmp_path / "figures.json"
+    args = [
+        "--model", str(model_dir), "--corpus", str(beir), "--run", str(beir / "run.json"),
+        "--ks", "3", "--concurrency", "1,2", "--throughput-queries", "1", "--queries-per-cell", "2",
+        "--matmul-size", "64", "--json", str(out),
+    ]  # fmt: skip
+    result = CliRunner().invoke(bench, args)
+    assert result.exit_code == 0, result.output
+    assert "pairs/s" in result.output
+    figures = json.loads(out.read_text())
+    assert figures["throughput"][0]["pairs"] == 3
+
+
+def test_peers_without_their_libraries_say_what_to_install(beir, model_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)
+    data = load_bench_data(beir, run_file=beir / "run.json", k=2)
+    with pytest.raises(BenchError, match=r"es-rerank\[peers\]"):
+        run_bench(model_dir, data, ks=[2], peers=["torch"], latency=False, throughput_queries=1, matmul_n=64)

@@ -1,0 +1,186 @@
+"""Attention fusion, the optimised graph and the int8 recipe, on a small SDPA-style
+encoder built here and, when present, on the shared real model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from es_rerank.reranker.optimize import convert_fp16, fuse_attention, fused_operator_counts, optimize_onnx  # noqa: E402
+from es_rerank.reranker.quantize import INT8_RECIPE, quantize_int8  # noqa: E402
+
+REAL_MODEL = Path(__file__).resolve().parents[2].parent / "shared/models/scifact-minilm-l6-ce"
+
+HIDDEN, HEADS, VOCAB, FFN = 32, 4, 50, 64
+
+
+def build_sdpa_encoder(path: Path, *, layers: int = 2, seed: int = 0) -> Path:
+    """A BERT-like encoder whose attention is written as recent transformers exports write
+    it (scaled Q and K, Where(mask, 0, -inf), Softmax, IsNaN guard), one logit per row."""
+    rng = np.random.default_rng(seed)
+    inits: list = []
+    nodes: list = []
+
+    def const(name, value, dtype=np.float32):
+        inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def node(op, inputs, name, **attrs):
+        nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+    head_size = HIDDEN // HEADS
+    scale = head_size**-0.25
+    const("E", rng.standard_normal((VOCAB, HIDDEN)) * 0.5)
+    x = node("Gather", ["E", "input_ids"], "emb", axis=0)
+    m = node("Cast", ["attention_mask"], "mask_bool", to=TensorProto.BOOL)
+    m = node("Unsqueeze", [m, const("axes12", [1, 2], np.int64)], "mask4")
+    bias = node("Where", [m, const("zero", [0.0]), const("ninf", [-np.inf])], "mask_bias")
+    shape4 = const("shape4", [0, 0, HEADS, head_size], np.int64)
+    shape3 = const("shape3", [0, 0, HIDDEN], np.int64)
+    for layer in range(layers):
+        p = f"l{layer}_"
+
+        def proj(kind, perm):
+            w = const(p + kind + "_w", rng.standard_normal((HIDDEN, HIDDEN)) / np.sqrt(HIDDEN))
+            b = const(p + kind + "_b", rng.standard_normal(HIDDEN) * 0.1)
+            y = node("MatMul", [x, w], p + kind + "_mm")
+            y = node("Add", [b, y], p + kind + "_add")
+            y = node("Reshape", [y, shape4], p + kind + "_reshape")
+            return node("Transpose", [y], p + kind + "_t", perm=perm)
+
+        q = node("Mul", [proj("q", [0, 2, 1, 3]), const(p + "sq", scale)], p + "q_scaled")
+        k = node("Mul", [proj("k", [0, 2, 3, 1]), const(p + "sk", scale)], p + "k_scaled")
+        v = proj("v", [0, 2, 1, 3])
+        s = node("MatMul", [q, k], p + "scores")
+        s = node("Add", [s, bias], p + "masked")
+        a = node("Softmax", [s], p + "probs", axis=-1)
+        nan = node("IsNaN", [a], p + "isnan")
+        a = node("Where", [nan, const(p + "z", [0.0]), a], p + "probs_safe")
+        c = node("MatMul", [a, v], p + "context")
+        c = node("Transpose", [c], p + "context_t", perm=[0, 2, 1, 3])
+        c = node("Reshape", [c, shape3], p + "context_r")
+        wo = const(p + "wo", rng.standard_normal((HIDDEN, HIDDEN)) / np.sqrt(HIDDEN))
+        o = node("MatMul", [c, wo], p + "out")
+        o = node("Add", [o, x], p + "res")
+        x = node("LayerNormalization", [o, const(p + "g", np.ones(HIDDEN)), const(p + "beta", np.zeros(HIDDEN))], p + "ln", axis=-1)
+        w1 = const(p + "w1", rng.standard_normal((HIDDEN, FFN)) / np.sqrt(HIDDEN))
+        w2 = const(p + "w2", rng.standard_normal((FFN, HIDDEN)) / np.sqrt(FFN))
+        h = node("MatMul", [x, w1], p + "ffn1")
+        h = node("Relu", [h], p + "relu")
+        h = node("MatMul", [h, w2], p + "ffn2")
+        x = node("Add", [h, x], p + "res2")
+    cls = node("Gather", [x, const("zero_i", 0, np.int64)], "cls", axis=1)
+    node("MatMul", [cls, const("head", rng.standard_normal((HIDDEN, 1)) / np.sqrt(HIDDEN))], "logits")
+    graph = helper.make_graph(
+        nodes,
+        "sdpa_encoder",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"]),
+        ],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def _feeds(seed: int = 1, rows: int = 5, width: int = 12) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, VOCAB, size=(rows, width)).astype(np.int64)
+    mask = np.ones_like(ids)
+    for r in range(rows):
+        n = int(rng.integers(2, width + 1))
+        mask[r, n:] = 0
+        ids[r, n:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _run(path: Path, feeds) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]
+
+
+def test_fuse_attention_rewrites_each_layer_and_keeps_the_scores(tmp_path):
+    source = build_sdpa_encoder(tmp_path / "model.onnx", layers=2)
+    model = onnx.load(str(source))
+    assert fuse_attention(model) == 2
+    ops = fused_operator_counts(model)
+    assert ops["Attention"] == 2
+    assert "Softmax" not in ops and "IsNaN" not in ops and "Where" not in ops
+    attention = [n for n in model.graph.node if n.op_type == "Attention"]
+    assert all(n.domain == "com.microsoft" for n in attention)
+    assert {a.i for n in attention for a in n.attribute if a.name == "num_heads"} == {HEADS}
+    onnx.save(model, str(tmp_path / "fused.onnx"))
+    feeds = _feeds()
+    np.testing.assert_allclose(_run(tmp_path / "fused.onnx", feeds), _run(source, feeds), atol=1e-4, rtol=1e-4)
+    # nothing left to fuse the second time
+    assert fuse_attention(model) == 0
+
+
+def test_optimize_onnx_writes_a_fused_model(tmp_path):
+    source = build_sdpa_encoder(tmp_path / "model.onnx", layers=1)
+    ops = optimize_onnx(source, tmp_path / "model.opt.onnx")
+    assert ops.get("Attention") == 1
+    feeds = _feeds(2)
+    np.testing.assert_allclose(_run(tmp_path / "model.opt.onnx", feeds), _run(source, feeds), atol=1e-4, rtol=1e-4)
+
+
+def test_quantize_int8_recipe(tmp_path):
+    source = build_sdpa_encoder(tmp_path / "model.onnx", layers=2)
+    ops = quantize_int8(source, tmp_path / "model.int8.onnx")
+    assert INT8_RECIPE["per_channel"] and INT8_RECIPE["fuse"]
+    assert ops.get("QAttention") == 2 and ops.get("MatMulInteger", 0) >= 4
+    assert "Gather" in ops  # the embeddings stay fp32
+    feeds = _feeds(3)
+    reference = _run(source, feeds)
+    quantized = _run(tmp_path / "model.int8.onnx", feeds)
+    assert np.corrcoef(reference[:, 0], quantized[:, 0])[0, 1] > 0.95
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".es-rerank-int8-")]  # temp dir cleaned
+
+
+def test_convert_fp16_keeps_int64_inputs_and_fp32_logits(tmp_path):
+    source = build_sdpa_encoder(tmp_path / "model.onnx", layers=1)
+    ops = convert_fp16(source, tmp_path / "model.fp16.onnx")
+    assert ops.get("Attention") == 1
+    model = onnx.load(str(tmp_path / "model.fp16.onnx"))
+    assert {i.name: i.type.tensor_type.elem_type for i in model.graph.input} == {
+        "input_ids": TensorProto.INT64,
+        "attention_mask": TensorProto.INT64,
+    }
+    assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert any(i.data_type == TensorProto.FLOAT16 for i in model.graph.initializer)
+
+
+@pytest.mark.skipif(not (REAL_MODEL / "model.onnx").is_file(), reason=f"shared model not at {REAL_MODEL}")
+def test_the_real_model_fuses_fully_and_scores_alike(tmp_path):
+    from es_rerank.reranker import OnnxReranker
+
+    ops = optimize_onnx(REAL_MODEL / "model.onnx", tmp_path / "model.opt.onnx")
+    assert ops["Attention"] == 6 and ops["SkipLayerNormalization"] == 12 and ops["EmbedLayerNormalization"] == 1
+    assert "Softmax" not in ops
+    query = "Vitamin D deficiency is associated with an increased risk of multiple sclerosis."
+    passages = [
+        "In a prospective cohort, high serum 25-hydroxyvitamin D levels were associated with a lower risk of MS.",
+        "Football clubs in the English Premier League spent record sums on transfers.",
+        "The recipe calls for fresh tomatoes, garlic and olive oil. " * 30,
+    ]
+    tokenizer = REAL_MODEL / "tokenizer.json"
+    with OnnxReranker("fp32", REAL_MODEL / "model.onnx", tokenizer, cache_size=0, fuse_at_load=False) as plain:
+        assert not plain.engine_info()["fused_at_load"]
+        expected = plain.score(query, passages)
+    with OnnxReranker("opt", tmp_path / "model.opt.onnx", tokenizer, cache_size=0) as from_file:
+        assert not from_file.engine_info()["fused_at_load"]  # already fused: loaded as it is
+        np.testing.assert_allclose(from_file.score(query, passages), expected, atol=1e-3)
+    with OnnxReranker("at-load", REAL_MODEL / "model.onnx", tokenizer, cache_size=0) as at_load:
+        assert at_load.engine_info()["fused_at_load"]
+        np.testing.assert_allclose(at_load.score(query, passages), expected, atol=1e-3)
