@@ -441,7 +441,7 @@ def plot_results(result: EvalResult, path: str | Path) -> Path:
     ax2.set_ylabel("rerank stage p95 latency (ms)")
     ax2.set_ylim(bottom=0)
     lines = ax.get_lines() + ax2.get_lines()
-    ax.legend(lines, [str(ln.get_label()) for ln in lines], loc="lower right", fontsize=8)
+    ax.legend(lines, [str(ln.get_label()) for ln in lines], loc="upper left", fontsize=8)
     ax.set_title(f"[{result.index}] {result.queries} queries" + (f", model {result.model}" if result.model else ""), fontsize=10)
     fig.tight_layout()
     path = Path(path)
