@@ -123,6 +123,10 @@ class RerankProxy:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.upstream.aclose()
+                for reranker in self.rerankers.values():
+                    close = getattr(reranker, "close", None)
+                    if close is not None:
+                        close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -330,7 +334,11 @@ class RerankProxy:
         done = await asyncio.gather(*(one(i, r) for i, r in paired))
         data["responses"] = [body for body, _ in done]
         n = sum(1 for _, reranked in done if reranked)
-        extra = [("x-rerank", "reranked" if n else "skipped"), ("x-rerank-reason", f"{n}_of_{len(items)}_reranked")]
+        extra = [
+            ("x-rerank", "reranked" if n else "skipped"),
+            ("x-rerank-reason", "msearch_items"),  # a fixed reason: metrics labels stay bounded
+            ("x-rerank-items", f"{n}/{len(items)}"),
+        ]
         return self._relay(_rebuilt(request, answer.headers, _dumps(data, parse_qsl(query.decode("latin-1")))), extra)
 
     async def _score(

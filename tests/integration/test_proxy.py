@@ -466,7 +466,7 @@ def test_msearch_items_reranked_skipped_and_refused(http):
     bad = {"query": {"match": {"text": QUERY}}, "ext": {"rerank": {"window_size": 0}}}
     headers = {"content-type": "application/x-ndjson"}
     r = via.post("/_msearch", content=_ndjson({"index": INDEX}, search, {"index": INDEX}, sort, {"index": INDEX}, bad, {"index": "no-such-index"}, search), headers=headers)
-    assert r.status_code == 200 and r.headers["x-rerank-reason"] == "1_of_4_reranked"
+    assert r.status_code == 200 and r.headers["x-rerank-items"] == "1/4"
     items = r.json()["responses"]
     assert len(items) == 4
     single = via.post(f"/{INDEX}/_search", json=search).json()
