@@ -346,7 +346,7 @@ class RerankProxy:
     ) -> tuple[np.ndarray | None, tuple[str, str]]:
         """Scores for the window, or None and the reason when the model failed or timed out."""
         passages = [hit_text(h, spec.fields, spec.template) for h in window_hits(plan, data)]
-        stats = ScoreStats()
+        stats = timings.stats
         t0 = time.perf_counter()
         try:
             scores = await asyncio.wait_for(
@@ -361,8 +361,6 @@ class RerankProxy:
             logger.exception("reranker %s failed; answering first-stage order", plan.model)
             scores, outcome = None, ("fallback", "rerank_error")
         timings.rerank_ms = (time.perf_counter() - t0) * 1000
-        timings.tokenize_ms, timings.queue_ms = stats.tokenize_ms, stats.queue_ms
-        timings.inference_ms, timings.pairs, timings.cache_hits = stats.inference_ms, stats.pairs, stats.cache_hits
         return scores, outcome
 
     @staticmethod

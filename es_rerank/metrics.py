@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
+from .reranker import ScoreStats
+
 __all__ = ["Metrics", "RequestTimings", "CONTENT_TYPE_LATEST"]
 
 # Sub-millisecond pass-through up to multi-second CPU reranking.
@@ -19,25 +21,21 @@ _PAIRS = (1, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
 @dataclass
 class RequestTimings:
-    """What one reranked search spent, in milliseconds (sent as ``x-rerank-*-ms``)."""
+    """What one reranked search spent: the upstream call, the whole rerank stage, and
+    the engine's own breakdown (sent as ``x-rerank-*`` headers)."""
 
     upstream_ms: float = 0.0
-    tokenize_ms: float = 0.0
-    queue_ms: float = 0.0
-    inference_ms: float = 0.0
     rerank_ms: float = 0.0
-    pairs: int = 0
-    cache_hits: int = 0
-    extra: dict[str, str] = field(default_factory=dict)
+    stats: ScoreStats = field(default_factory=ScoreStats)
 
     def headers(self) -> list[tuple[str, str]]:
         return [
             ("x-rerank-upstream-ms", f"{self.upstream_ms:.1f}"),
-            ("x-rerank-tokenize-ms", f"{self.tokenize_ms:.1f}"),
-            ("x-rerank-queue-ms", f"{self.queue_ms:.1f}"),
+            ("x-rerank-tokenize-ms", f"{self.stats.tokenize_ms:.1f}"),
+            ("x-rerank-queue-ms", f"{self.stats.queue_ms:.1f}"),
             ("x-rerank-inference-ms", f"{self.rerank_ms:.1f}"),
-            ("x-rerank-pairs", str(self.pairs)),
-            ("x-rerank-cache-hits", str(self.cache_hits)),
+            ("x-rerank-pairs", str(self.stats.pairs)),
+            ("x-rerank-cache-hits", str(self.stats.cache_hits)),
         ]
 
 
@@ -78,13 +76,13 @@ class Metrics:
 
     def observe_rerank(self, t: RequestTimings) -> None:
         self.first_stage_seconds.observe(t.upstream_ms / 1000)
-        self.tokenize_seconds.observe(t.tokenize_ms / 1000)
-        self.queue_seconds.observe(t.queue_ms / 1000)
-        self.inference_seconds.observe(t.inference_ms / 1000)
+        self.tokenize_seconds.observe(t.stats.tokenize_ms / 1000)
+        self.queue_seconds.observe(t.stats.queue_ms / 1000)
+        self.inference_seconds.observe(t.stats.inference_ms / 1000)
         self.rerank_seconds.observe(t.rerank_ms / 1000)
-        self.pairs.observe(t.pairs)
-        if t.cache_hits:
-            self.cache_hits.inc(t.cache_hits)
+        self.pairs.observe(t.stats.pairs)
+        if t.stats.cache_hits:
+            self.cache_hits.inc(t.stats.cache_hits)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
