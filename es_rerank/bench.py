@@ -505,12 +505,14 @@ def run_bench(
     threads: int = 0,
     max_length: int = 256,
     batch_size: int = 32,
-    max_batch_tokens: int = 8192,
+    max_batch_tokens: int | None = None,
     batch_wait_ms: float = 2.0,
+    allow_spinning: bool = False,
     ks: Sequence[int] = DEFAULT_KS,
     concurrency: Sequence[int] = DEFAULT_CONCURRENCY,
     throughput_queries: int = 20,
     queries_per_cell: int = 16,
+    rounds: int = 2,
     peers: Sequence[str] = (),
     hf_dir: str | Path | None = None,
     throughput: bool = True,
@@ -522,6 +524,8 @@ def run_bench(
 ) -> BenchResult:
     """Measure; see the module docstring. ``peers`` is a subset of ``("torch", "onnx")``."""
     say = progress or (lambda message: None)
+    if rounds < 1 or throughput_queries < 1 or queries_per_cell < 1:
+        raise BenchError("rounds, throughput_queries and queries_per_cell must be at least 1")
     model_dir = Path(model_dir)
     threads = threads or physical_cores()
     qids = data.query_ids()
@@ -536,6 +540,7 @@ def run_bench(
                         name, model_dir / name, model_dir / tokenizer_file, providers=[provider],
                         max_length=max_length, batch_size=batch_size, intra_op_threads=threads,
                         max_batch_tokens=max_batch_tokens, batch_wait_ms=batch_wait_ms, cache_size=0,
+                        allow_spinning=allow_spinning,
                     ),  # fmt: skip
                 )
             )
@@ -551,7 +556,7 @@ def run_bench(
             provider=first.provider, threads=threads, model_shape=shape, throughput_k=k_max,
             throughput_queries=len(t_qids), mean_tokens=float(np.mean(lengths)),
             gflop_per_pair=flops_total / len(lengths) / 1e9, numpy_flop_rate=math.nan,
-            numpy_best_flop_rate=math.nan, batch_wait_ms=batch_wait_ms, max_batch_tokens=max_batch_tokens, matmul_n=matmul_n,
+            numpy_best_flop_rate=math.nan, batch_wait_ms=batch_wait_ms, max_batch_tokens=first.max_batch_tokens, matmul_n=matmul_n,
         )  # fmt: skip
 
         # 1. throughput, interleaved with the peers and numpy
@@ -572,27 +577,38 @@ def run_bench(
                 )  # fmt: skip
             )
 
-        # 2. latency under concurrency, through ascore and the batcher
+        # 2. latency under concurrency, through ascore and the batcher; the client counts
+        #    of one K alternate round by round, so load from elsewhere hits them alike
         if latency:
             for name, engine in engines:
                 for k in sorted(ks):
-                    for c in sorted(concurrency):
-                        n = max(queries_per_cell, c)
-                        cell_qids = [qids[i % len(qids)] for i in range(n)]
-                        runs0, merged0 = engine._batcher.runs, engine._batcher.merged_runs
-                        say(f"latency: {name} K={k} clients={c} ({n} queries)")
-                        latencies, stats, seconds, timeouts = asyncio.run(
-                            _cell(engine, data, cell_qids, k, c, deadline_s)
-                        )
-                        pairs = sum(s.pairs for s in stats)
+                    acc: dict[int, dict[str, Any]] = {}
+                    for round_no in range(rounds):
+                        for c in sorted(concurrency):
+                            n = max(queries_per_cell // rounds, c)
+                            offset = round_no * n
+                            cell_qids = [qids[(offset + i) % len(qids)] for i in range(n)]
+                            runs0, merged0 = engine._batcher.runs, engine._batcher.merged_runs
+                            say(f"latency: {name} K={k} clients={c} round {round_no + 1}/{rounds} ({n} queries)")
+                            latencies, stats, seconds, timeouts = asyncio.run(
+                                _cell(engine, data, cell_qids, k, c, deadline_s)
+                            )
+                            a = acc.setdefault(c, {"lat": [], "stats": [], "seconds": 0.0, "timeouts": 0, "runs": 0, "merged": 0})
+                            a["lat"] += latencies
+                            a["stats"] += stats
+                            a["seconds"] += seconds
+                            a["timeouts"] += timeouts
+                            a["runs"] += engine._batcher.runs - runs0
+                            a["merged"] += engine._batcher.merged_runs - merged0
+                    for c, a in sorted(acc.items()):
+                        pairs = sum(s.pairs for s in a["stats"])
                         result.cells.append(
                             CellResult(
-                                label=f"es-rerank {name}", k=k, concurrency=c, queries=n, pairs=pairs,
-                                seconds=seconds, pairs_per_s=pairs / seconds,
-                                p50_ms=_pct(latencies, 50) * 1000, p95_ms=_pct(latencies, 95) * 1000,
-                                p99_ms=_pct(latencies, 99) * 1000, max_hold_ms=max(s.hold_ms for s in stats),
-                                merged_runs=engine._batcher.merged_runs - merged0,
-                                runs=engine._batcher.runs - runs0, timeouts=timeouts,
+                                label=f"es-rerank {name}", k=k, concurrency=c, queries=len(a["lat"]), pairs=pairs,
+                                seconds=a["seconds"], pairs_per_s=pairs / a["seconds"],
+                                p50_ms=_pct(a["lat"], 50) * 1000, p95_ms=_pct(a["lat"], 95) * 1000,
+                                p99_ms=_pct(a["lat"], 99) * 1000, max_hold_ms=max(s.hold_ms for s in a["stats"]),
+                                merged_runs=a["merged"], runs=a["runs"], timeouts=a["timeouts"],
                             )  # fmt: skip
                         )
 
@@ -650,11 +666,11 @@ def format_report(result: BenchResult) -> str:
         f"provider {result.provider}, {result.threads} thread(s); model {shape.layers} layers, hidden {shape.hidden}, "
         f"intermediate {shape.intermediate}; batches of <= {result.max_batch_tokens} tokens, wait {result.batch_wait_ms:g} ms"
     )
-    out.append(
-        f"throughput pairs: {result.throughput_queries} queries x K={result.throughput_k}, mean {result.mean_tokens:.1f} "
-        f"tokens/pair, {result.gflop_per_pair:.2f} GFLOP/pair"
-    )
     if result.throughput:
+        out.append(
+            f"throughput pairs: {result.throughput_queries} queries x K={result.throughput_k}, mean {result.mean_tokens:.1f} "
+            f"tokens/pair, {result.gflop_per_pair:.2f} GFLOP/pair"
+        )
         out.append(
             f"numpy fp32 matmul ({result.matmul_n}x{result.matmul_n}, between the calls): "
             f"{result.numpy_flop_rate / 1e9:.1f} GFLOP/s (fastest single product {result.numpy_best_flop_rate / 1e9:.1f})"
@@ -687,6 +703,10 @@ def format_report(result: BenchResult) -> str:
             for c in result.cells
         ]  # fmt: skip
         out.append(_table(header, rows))
+        out.append("")
+        top = max(c.pairs_per_s for c in result.cells)
+        for c in result.cells:
+            out.append(f"  {c.label} K={c.k:<4} clients={c.concurrency:<3} {_bar(c.pairs_per_s, top)} {c.pairs_per_s:.1f} pairs/s")
         by_key: dict[tuple[str, int], dict[int, CellResult]] = {}
         for c in result.cells:
             by_key.setdefault((c.label, c.k), {})[c.concurrency] = c
@@ -724,26 +744,33 @@ def plot_bench(result: BenchResult, path: str | Path) -> Path:
     except ImportError:
         raise BenchError("the plot needs matplotlib: pip install 'es-rerank[bench]'") from None
     path = Path(path)
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    labels = [t.label.replace("sentence-transformers", "ST") for t in result.throughput]
-    axes[0].barh(labels, [t.pairs_per_s for t in result.throughput])
-    axes[0].set_xlabel(f"pairs/s (K={result.throughput_k}, {result.threads} threads, {result.provider})")
-    axes[0].invert_yaxis()
-    groups: dict[tuple[str, int], list[CellResult]] = {}
-    for c in result.cells:
-        groups.setdefault((c.label, c.concurrency), []).append(c)
-    for (label, conc), cells in groups.items():
-        cells = sorted(cells, key=lambda c: c.k)
-        name = f"{label.removeprefix('es-rerank ')}, {conc} client(s)"
-        axes[1].plot([c.k for c in cells], [c.pairs_per_s for c in cells], marker="o", label=name)
-        axes[2].plot([c.k for c in cells], [c.p95_ms for c in cells], marker="o", label=name)
-    axes[1].set_xlabel("K")
-    axes[1].set_ylabel("pairs/s")
-    axes[2].set_xlabel("K")
-    axes[2].set_ylabel("p95 latency per query (ms)")
-    axes[2].set_yscale("log")
-    if groups:
-        axes[1].legend(fontsize=7)
+    panels = (1 if result.throughput else 0) + (2 if result.cells else 0)
+    if not panels:
+        raise BenchError("nothing to plot: no throughput and no latency figures")
+    fig, axes_array = plt.subplots(1, panels, figsize=(5.5 * panels, 4.5), squeeze=False)
+    axes = list(axes_array[0])
+    if result.throughput:
+        ax = axes.pop(0)
+        labels = [t.label.replace("sentence-transformers", "ST") for t in result.throughput]
+        ax.barh(labels, [t.pairs_per_s for t in result.throughput])
+        ax.set_xlabel(f"pairs/s (K={result.throughput_k}, {result.threads} threads, {result.provider})")
+        ax.invert_yaxis()
+    if result.cells:
+        rate_ax, latency_ax = axes
+        groups: dict[tuple[str, int], list[CellResult]] = {}
+        for c in result.cells:
+            groups.setdefault((c.label, c.concurrency), []).append(c)
+        for (label, conc), cells in groups.items():
+            cells = sorted(cells, key=lambda c: c.k)
+            name = f"{label.removeprefix('es-rerank ')}, {conc} client(s)"
+            rate_ax.plot([c.k for c in cells], [c.pairs_per_s for c in cells], marker="o", label=name)
+            latency_ax.plot([c.k for c in cells], [c.p95_ms for c in cells], marker="o", label=name)
+        rate_ax.set_xlabel("K")
+        rate_ax.set_ylabel("pairs/s")
+        rate_ax.legend(fontsize=7)
+        latency_ax.set_xlabel("K")
+        latency_ax.set_ylabel("p95 latency per query (ms)")
+        latency_ax.set_yscale("log")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -779,10 +806,12 @@ def _ints(text: str) -> list[int]:
 @click.option("--threads", default=0, help="intra-op threads for every contender; 0 = physical cores")
 @click.option("--max-length", default=256)
 @click.option("--batch-size", default=32, help="rows per model run at most (and the peers' batch size)")
-@click.option("--max-batch-tokens", default=8192, help="padded tokens per model run")
+@click.option("--max-batch-tokens", type=int, default=None, help="padded tokens per model run [default: 4096 on CPU, 65536 on CUDA]")
+@click.option("--allow-spinning", is_flag=True, help="let ONNX Runtime's idle threads spin")
 @click.option("--batch-wait-ms", default=2.0, help="the batcher's wait bound")
 @click.option("--throughput-queries", default=20, help="queries in the throughput comparison")
-@click.option("--queries-per-cell", default=16, help="queries per (K, clients) latency cell (at least the clients)")
+@click.option("--queries-per-cell", default=32, help="queries per (K, clients) latency cell, over all rounds")
+@click.option("--rounds", default=2, help="latency cells of one K alternate between client counts this many times")
 @click.option("--peers", "with_peers", is_flag=True, help="also time sentence-transformers' CrossEncoder (torch and onnx backends)")
 @click.option("--peer", "peer_names", multiple=True, type=click.Choice(["torch", "onnx"]), help="only these peers (implies --peers)")
 @click.option("--hf-dir", type=click.Path(file_okay=False, path_type=Path), help="Hugging Face checkpoint for the peers [default: MODEL/hf]")
@@ -809,10 +838,12 @@ def bench(
     threads: int,
     max_length: int,
     batch_size: int,
-    max_batch_tokens: int,
+    max_batch_tokens: int | None,
+    allow_spinning: bool,
     batch_wait_ms: float,
     throughput_queries: int,
     queries_per_cell: int,
+    rounds: int,
     with_peers: bool,
     peer_names: tuple[str, ...],
     hf_dir: Path | None,
@@ -837,8 +868,8 @@ def bench(
         result = run_bench(
             model_dir, data, onnx_files=onnx_files, tokenizer_file=tokenizer_file, provider=provider,
             threads=threads, max_length=max_length, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-            batch_wait_ms=batch_wait_ms, ks=k_values, concurrency=clients, throughput_queries=throughput_queries,
-            queries_per_cell=queries_per_cell, peers=peers, hf_dir=hf_dir, throughput=throughput, latency=latency,
+            allow_spinning=allow_spinning, batch_wait_ms=batch_wait_ms, ks=k_values, concurrency=clients, throughput_queries=throughput_queries,
+            queries_per_cell=queries_per_cell, rounds=rounds, peers=peers, hf_dir=hf_dir, throughput=throughput, latency=latency,
             quality=quality,
             deadline_s=deadline_ms / 1000 if deadline_ms else None, matmul_n=matmul_size, progress=say,
         )  # fmt: skip

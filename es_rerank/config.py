@@ -80,8 +80,11 @@ class ModelSettings(_Strict):
     fp16_onnx_file: str | None = Field(
         None, description="ONNX file (in `path`) used instead of onnx_file when the model runs on CUDA, e.g. model.fp16.onnx"
     )
-    max_batch_tokens: int = Field(
-        8192, ge=8, le=1_048_576, description="padded tokens per model run (rows x width); batch_size caps rows"
+    max_batch_tokens: int | None = Field(
+        None,
+        ge=8,
+        le=1_048_576,
+        description="padded tokens per model run (rows x width; batch_size caps rows); default 4096 on CPU, 65536 on CUDA",
     )
     batch_wait_ms: float = Field(
         2.0, ge=0, le=1000, description="how long an idle model waits for concurrent requests to share a run"
@@ -91,10 +94,13 @@ class ModelSettings(_Strict):
     fuse_at_load: bool = Field(
         True, description="fuse an unfused transformer graph (attention, layer norms) in memory at load; needs the onnx package"
     )
+    allow_spinning: bool = Field(
+        False, description="let ONNX Runtime's idle intra-op threads spin (faster only on cores nothing else uses)"
+    )
 
     @model_validator(mode="after")
     def _check_batching(self) -> "ModelSettings":
-        if self.max_batch_tokens < self.max_length:
+        if self.max_batch_tokens is not None and self.max_batch_tokens < self.max_length:
             raise ValueError(
                 f"max_batch_tokens ({self.max_batch_tokens}) must hold one pair of max_length ({self.max_length})"
             )

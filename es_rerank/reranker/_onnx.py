@@ -33,6 +33,10 @@ logger = logging.getLogger("es_rerank.reranker")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
+# Default token budget of one model run (rows x padded width) per provider.
+CPU_BATCH_TOKENS = 4096
+CUDA_BATCH_TOKENS = 65536
+
 Head = Literal["auto", "single", "two"]
 
 _INTEGER_TYPES: dict[str, np.dtype] = {"tensor(int64)": np.dtype(np.int64), "tensor(int32)": np.dtype(np.int32)}
@@ -191,13 +195,14 @@ class OnnxReranker:
         batch_size: int = 32,
         head: Head = "auto",
         intra_op_threads: int = 0,
-        max_batch_tokens: int = 8192,
+        max_batch_tokens: int | None = None,
         batch_wait_ms: float = 2.0,
         cache_size: int = 10_000,
         variants: Mapping[str, Path] | None = None,
         warmup: bool = True,
         pad_multiple: int = 8,
         fuse_at_load: bool = True,
+        allow_spinning: bool = False,
     ) -> None:
         if head not in ("auto", "single", "two"):
             raise ValueError(f"head must be 'auto', 'single' or 'two', got {head!r}")
@@ -205,7 +210,7 @@ class OnnxReranker:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if intra_op_threads < 0:
             raise ValueError(f"intra_op_threads must be 0 (physical cores) or more, got {intra_op_threads}")
-        if max_batch_tokens < 1:
+        if max_batch_tokens is not None and max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be at least 1, got {max_batch_tokens}")
         if batch_wait_ms < 0:
             raise ValueError(f"batch_wait_ms must be 0 or more, got {batch_wait_ms}")
@@ -231,6 +236,8 @@ class OnnxReranker:
         self.max_length = self._check_max_length(max_length)
         self._tokenizer.prepare(self.max_length)
         self.batch_size = batch_size
+        if max_batch_tokens is None:  # measured: 16 full-length rows on CPU, large batches on a GPU
+            max_batch_tokens = CUDA_BATCH_TOKENS if requested[0] == CUDA else CPU_BATCH_TOKENS
         self.max_batch_tokens = max_batch_tokens
         self.batch_wait_ms = float(batch_wait_ms)
         self.pad_multiple = pad_multiple
@@ -241,6 +248,10 @@ class OnnxReranker:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.intra_op_num_threads = self.intra_op_threads
         options.inter_op_num_threads = 1
+        # Spinning intra-op threads burn the cores the tokenizer, the event loop and other
+        # processes need between ops; off measured faster on a shared 2-core machine.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+        self.allow_spinning = allow_spinning
         model: str | bytes = str(self.onnx_path)
         self.fused_at_load = False
         if fuse_at_load:
@@ -284,9 +295,10 @@ class OnnxReranker:
 
         logger.info(
             "model %s loaded from %s on %s (intra-op threads %d, head %s, inputs %s, "
-            "batches of %d tokens, wait %.1f ms, cache %d)",
+            "batches of %d tokens, wait %.1f ms, cache %d%s)",
             name, self.onnx_path, self.provider, self.intra_op_threads, self.head,
             ", ".join(self._input_names), max_batch_tokens, self.batch_wait_ms, cache_size,
+            ", fused at load" if self.fused_at_load else "",
         )  # fmt: skip
         if self.provider != requested[0]:
             logger.warning(
@@ -317,6 +329,7 @@ class OnnxReranker:
             variants=variants,
             warmup=settings.warmup,
             fuse_at_load=settings.fuse_at_load,
+            allow_spinning=settings.allow_spinning,
         )
 
     # -- loading checks -------------------------------------------------------------
@@ -607,6 +620,7 @@ class OnnxReranker:
             "pad_multiple": self.pad_multiple,
             "io_binding": self._io_binding,
             "fused_at_load": self.fused_at_load,
+            "allow_spinning": self.allow_spinning,
             "runs": self._batcher.runs,
             "merged_runs": self._batcher.merged_runs,
             "cache": self.cache.info(),

@@ -113,6 +113,10 @@ def test_a_whole_run_on_the_tiny_model(beir, model_dir):
     assert len(q) == 2 and q[0].ndcg10 == q[1].ndcg10 and 0 <= q[0].first_stage_ndcg10 <= 1
     report = format_report(result)
     assert "Throughput" in report and "Latency" in report and "Quality" in report
+    pytest.importorskip("matplotlib")
+    from es_rerank.bench import plot_bench
+
+    assert plot_bench(result, model_dir / "bench.png").stat().st_size > 0
 
 
 def test_the_command(beir, model_dir, tmp_path):
