@@ -308,7 +308,24 @@ class OnnxReranker:
 
     @classmethod
     def from_settings(cls, name: str, settings: "ModelSettings") -> "OnnxReranker":
-        """Load the model a config's ``models.<name>`` describes."""
+        """Load the model a config's ``models.<name>`` describes.
+
+        The directory's ``es-rerank-model.json`` (written by ``es-rerank model``)
+        fills in what the YAML leaves unset: ONNX and tokenizer files, head, and a
+        max_length no longer than the model can take.
+        """
+        from .modeldir import read_model_config
+
+        given = settings.model_fields_set
+        found = read_model_config(settings.path)
+        onnx_file, tokenizer_file = settings.onnx_file, settings.tokenizer_file
+        max_length, head = settings.max_length, settings.head
+        if found is not None:
+            onnx_file = onnx_file if "onnx_file" in given else found.onnx_file
+            tokenizer_file = tokenizer_file if "tokenizer_file" in given else found.tokenizer_file
+            head = head if "head" in given else found.head
+            if found.max_length is not None:
+                max_length = min(max_length, found.max_length) if "max_length" in given else found.max_length
         variants: dict[str, Path] = {}
         if settings.int8_onnx_file:
             variants["cpu"] = settings.path / settings.int8_onnx_file
@@ -316,12 +333,12 @@ class OnnxReranker:
             variants["cuda"] = settings.path / settings.fp16_onnx_file
         return cls(
             name,
-            settings.path / settings.onnx_file,
-            settings.path / settings.tokenizer_file,
+            settings.path / onnx_file,
+            settings.path / tokenizer_file,
             providers=settings.providers,
-            max_length=settings.max_length,
+            max_length=max_length,
             batch_size=settings.batch_size,
-            head=settings.head,
+            head=head,
             intra_op_threads=settings.intra_op_threads,
             max_batch_tokens=settings.max_batch_tokens,
             batch_wait_ms=settings.batch_wait_ms,
