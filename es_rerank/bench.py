@@ -806,7 +806,7 @@ def _ints(text: str) -> list[int]:
 @click.option("--threads", default=0, help="intra-op threads for every contender; 0 = physical cores")
 @click.option("--max-length", default=256)
 @click.option("--batch-size", default=32, help="rows per model run at most (and the peers' batch size)")
-@click.option("--max-batch-tokens", type=int, default=None, help="padded tokens per model run [default: 4096 on CPU, 65536 on CUDA]")
+@click.option("--max-batch-tokens", type=int, default=None, help="padded tokens per model run [default: 1024 on CPU, 65536 on CUDA]")
 @click.option("--allow-spinning", is_flag=True, help="let ONNX Runtime's idle threads spin")
 @click.option("--batch-wait-ms", default=2.0, help="the batcher's wait bound")
 @click.option("--throughput-queries", default=20, help="queries in the throughput comparison")

@@ -84,7 +84,7 @@ class ModelSettings(_Strict):
         None,
         ge=8,
         le=1_048_576,
-        description="padded tokens per model run (rows x width; batch_size caps rows); default 4096 on CPU, 65536 on CUDA",
+        description="padded tokens per model run (rows x width; batch_size caps rows); default 1024 on CPU, 65536 on CUDA",
     )
     batch_wait_ms: float = Field(
         2.0, ge=0, le=1000, description="how long an idle model waits for concurrent requests to share a run"

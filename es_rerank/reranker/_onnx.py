@@ -34,7 +34,7 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
 # Default token budget of one model run (rows x padded width) per provider.
-CPU_BATCH_TOKENS = 4096
+CPU_BATCH_TOKENS = 1024
 CUDA_BATCH_TOKENS = 65536
 
 Head = Literal["auto", "single", "two"]
@@ -236,7 +236,7 @@ class OnnxReranker:
         self.max_length = self._check_max_length(max_length)
         self._tokenizer.prepare(self.max_length)
         self.batch_size = batch_size
-        if max_batch_tokens is None:  # measured: 16 full-length rows on CPU, large batches on a GPU
+        if max_batch_tokens is None:  # measured: 4 full-length rows on CPU (int8 gains most: activations stay in L2), large batches on a GPU
             max_batch_tokens = CUDA_BATCH_TOKENS if requested[0] == CUDA else CPU_BATCH_TOKENS
         self.max_batch_tokens = max_batch_tokens
         self.batch_wait_ms = float(batch_wait_ms)

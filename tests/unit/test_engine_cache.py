@@ -151,7 +151,7 @@ def test_settings_reach_the_engine(tiny_model_dir):
         assert reranker.onnx_path == tiny_model_dir / "model.onnx"
     with OnnxReranker.from_settings("tiny", ModelSettings(path=tiny_model_dir, providers=["cpu"])) as reranker:
         info = reranker.engine_info()
-        assert info["max_batch_tokens"] == 4096 and info["cache"]["maxsize"] == 10_000  # the CPU defaults
+        assert info["max_batch_tokens"] == 1024 and info["cache"]["maxsize"] == 10_000  # the CPU defaults
         assert info["batch_wait_ms"] == 2.0 and not info["allow_spinning"]
 
 
