@@ -14,7 +14,7 @@
 #   OPENSEARCH_URL, INDEX   search the first stage there instead of RUN
 #   VENV            virtual environment to create/use [.venv-gpu]
 #   OUT             where the plot, JSON and fp16 model go [bench-gpu]
-#   SKIP_INSTALL=1  use the current python as it is (onnxruntime-gpu already there)
+#   SKIP_INSTALL=1  use $PYTHON (default python3) as it is (onnxruntime-gpu already there)
 #   BENCH_ARGS      more bench options, e.g. "--throughput-queries 50"
 #
 # Never part of CI: it needs a GPU and downloads onnxruntime-gpu with its CUDA wheels.
@@ -27,6 +27,7 @@ RUN="${RUN:-$ROOT/benchmarks/scifact-dev-bm25-top100.json}"
 VENV="${VENV:-$ROOT/.venv-gpu}"
 OUT="${OUT:-$ROOT/bench-gpu}"
 
+PY="${PYTHON:-python3}"  # the venv's python once it is activated
 say() { printf '[gpu.sh] %s\n' "$*" >&2; }
 
 command -v nvidia-smi >/dev/null || { say "nvidia-smi not found: this script needs an NVIDIA GPU"; exit 1; }
@@ -49,6 +50,7 @@ if [ "${SKIP_INSTALL:-0}" != 1 ]; then
   python3 -m venv "$VENV"
   # shellcheck disable=SC1091
   . "$VENV/bin/activate"
+  PY=python
   python -m pip install -q --upgrade pip
   # es-rerank without its [cpu] extra: the CPU onnxruntime wheel would shadow the GPU one.
   python -m pip install -q -e "$ROOT" "$ORT_SPEC" "onnx>=1.15" "matplotlib>=3.7"
@@ -59,7 +61,7 @@ if [ "${SKIP_INSTALL:-0}" != 1 ]; then
   fi
 fi
 
-python - <<'EOF'
+"$PY" - <<'EOF'
 import onnxruntime as ort
 if hasattr(ort, "preload_dlls"):
     ort.preload_dlls()
@@ -77,7 +79,7 @@ for f in model.onnx tokenizer.json config.json hf; do
 done
 if [ ! -s "$WORK/model.fp16.onnx" ]; then
   say "writing $WORK/model.fp16.onnx (attention fused, float16, int64 inputs and fp32 logits kept)"
-  python -c "
+  "$PY" -c "
 import sys
 from es_rerank.reranker.optimize import convert_fp16
 print('[gpu.sh] fp16 operators:', convert_fp16(sys.argv[1], sys.argv[2]), flush=True)
@@ -92,7 +94,7 @@ fi
 
 say "es-rerank bench on CUDA: fp32 and fp16"
 # shellcheck disable=SC2086
-python -m es_rerank.bench \
+"$PY" -m es_rerank.bench \
   --model "$WORK" --onnx-file model.onnx --onnx-file model.fp16.onnx \
   --corpus "$CORPUS" "${FIRST_STAGE[@]}" \
   --provider cuda --ks 10,20,50,100 --concurrency 1,4,16 \

@@ -300,6 +300,8 @@ class _Contender:
     seconds: float = 0.0
     per_query: list[float] = field(default_factory=list)
     pairs: int = 0
+    stats: ScoreStats | None = None  # an engine's tokenize/model split, summed over the timed calls
+    engine: OnnxReranker | None = None
 
 
 def _peer_contenders(hf_dir: Path, threads: int, max_length: int, batch_size: int, which: Sequence[str]) -> list[_Contender]:
@@ -364,6 +366,10 @@ class ThroughputResult:
     flop_rate: float  # FLOP/s achieved over the real tokens
     flop_fraction: float  # of numpy's fp32 matmul rate in the same run
     p50_ms: float
+    tokenize_ms: float = math.nan  # per query (engines only)
+    model_ms: float = math.nan  # per query: model runs including input/output copies
+    model_pairs_per_s: float = math.nan  # pairs over the model runs' time alone
+    token_cache_hit_rate: float = math.nan  # passages whose tokens came from the cache
 
 
 @dataclass
@@ -411,6 +417,7 @@ class BenchResult:
     throughput: list[ThroughputResult] = field(default_factory=list)
     cells: list[CellResult] = field(default_factory=list)
     quality: list[QualityResult] = field(default_factory=list)
+    cell_token_cache_hit_rate: dict[str, float] = field(default_factory=dict)  # per engine, over its latency cells
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -431,13 +438,19 @@ def _throughput(
     qids: list[str],
     k: int,
     matmul_n: int,
+    interleave: bool = True,
 ) -> tuple[float, float]:
-    """Time every contender on the same queries, interleaved; numpy matmuls between them.
+    """Time every contender on the same queries, interleaved; numpy matmuls between them
+    (``interleave``; else one after the others: on a GPU host BLAS threads left spinning
+    would only slow the tokenizer down).
 
     Returns numpy's rate as total FLOPs over total time, and its best single rate.
     """
     for c in contenders:  # first calls pay one-off costs (allocations, lazy init)
         c.score(data.queries[qids[0]], data.pairs_for(qids[0], min(k, 8)))
+        if c.engine is not None:
+            c.stats = ScoreStats()
+            c.engine._tokenizer.cache_clear()  # start cold: only repeats across queries hit
     numpy_matmul(matmul_n)
     np_flops = np_seconds = 0.0
     np_best = 0.0
@@ -451,11 +464,27 @@ def _throughput(
             c.seconds += dt
             c.per_query.append(dt)
             c.pairs += len(passages)
-        flops, seconds = numpy_matmul(matmul_n)
-        np_flops += flops
-        np_seconds += seconds
-        np_best = max(np_best, flops / seconds)
+        if interleave or i == len(qids) - 1:
+            flops, seconds = numpy_matmul(matmul_n)
+            np_flops += flops
+            np_seconds += seconds
+            np_best = max(np_best, flops / seconds)
     return np_flops / np_seconds, np_best
+
+
+def _stage_split(c: _Contender) -> dict[str, float]:
+    """An engine's time per query in the tokenizer and in the model, and its token cache hit rate."""
+    if c.stats is None or c.engine is None or not c.per_query:
+        return {}
+    n = len(c.per_query)
+    cache = c.engine._tokenizer.cache_info()
+    looked_up = cache["hits"] + cache["misses"]
+    return {
+        "tokenize_ms": c.stats.tokenize_ms / n,
+        "model_ms": c.stats.inference_ms / n,
+        "model_pairs_per_s": c.stats.pairs / (c.stats.inference_ms / 1000) if c.stats.inference_ms else math.nan,
+        "token_cache_hit_rate": cache["hits"] / looked_up if looked_up else math.nan,
+    }
 
 
 async def _cell(
@@ -508,6 +537,7 @@ def run_bench(
     max_batch_tokens: int | None = None,
     batch_wait_ms: float = 2.0,
     allow_spinning: bool = False,
+    token_cache_size: int = 20_000,
     ks: Sequence[int] = DEFAULT_KS,
     concurrency: Sequence[int] = DEFAULT_CONCURRENCY,
     throughput_queries: int = 20,
@@ -540,6 +570,7 @@ def run_bench(
                         name, model_dir / name, model_dir / tokenizer_file, providers=[provider],
                         max_length=max_length, batch_size=batch_size, intra_op_threads=threads,
                         max_batch_tokens=max_batch_tokens, batch_wait_ms=batch_wait_ms, cache_size=0,
+                        token_cache_size=token_cache_size,
                         allow_spinning=allow_spinning,
                     ),  # fmt: skip
                 )
@@ -560,13 +591,20 @@ def run_bench(
         )  # fmt: skip
 
         # 1. throughput, interleaved with the peers and numpy
-        contenders: list[_Contender] = [] if not throughput else [_Contender(f"es-rerank {name}", (lambda q, p, e=e: e.score(q, p)), "engine") for name, e in engines]
+        contenders: list[_Contender] = []
+        if throughput:
+            for name, e in engines:
+                c = _Contender(f"es-rerank {name}", lambda q, p: None, "engine", engine=e)
+                c.score = lambda q, p, e=e, c=c: e.score(q, p, stats=c.stats)
+                contenders.append(c)
         if peers and throughput:
             say(f"loading peers: {', '.join(peers)}")
             contenders += _peer_contenders(Path(hf_dir or model_dir / "hf"), threads, max_length, batch_size, peers)
         if contenders:
             say(f"throughput: {len(t_qids)} queries x K={k_max}, {len(contenders)} contender(s), interleaved")
-            np_rate, np_best = _throughput(contenders, data, t_qids, k_max, matmul_n)
+            np_rate, np_best = _throughput(
+                contenders, data, t_qids, k_max, matmul_n, interleave=first.provider == "CPUExecutionProvider"
+            )
             result.numpy_flop_rate, result.numpy_best_flop_rate = np_rate, np_best
         for c in contenders:
             rate = flops_total / c.seconds
@@ -574,6 +612,7 @@ def run_bench(
                 ThroughputResult(
                     label=c.label, kind=c.kind, pairs=c.pairs, seconds=c.seconds, pairs_per_s=c.pairs / c.seconds,
                     flop_rate=rate, flop_fraction=rate / np_rate, p50_ms=_pct(c.per_query, 50) * 1000,
+                    **_stage_split(c),
                 )  # fmt: skip
             )
 
@@ -581,6 +620,7 @@ def run_bench(
         #    of one K alternate round by round, so load from elsewhere hits them alike
         if latency:
             for name, engine in engines:
+                before = engine._tokenizer.cache_info()
                 for k in sorted(ks):
                     acc: dict[int, dict[str, Any]] = {}
                     for round_no in range(rounds):
@@ -611,6 +651,10 @@ def run_bench(
                                 merged_runs=a["merged"], runs=a["runs"], timeouts=a["timeouts"],
                             )  # fmt: skip
                         )
+                after = engine._tokenizer.cache_info()
+                hits, misses = after["hits"] - before["hits"], after["misses"] - before["misses"]
+                if hits + misses:
+                    result.cell_token_cache_hit_rate[f"es-rerank {name}"] = hits / (hits + misses)
 
         # 3. quality over every judged query
         if quality:
@@ -689,6 +733,17 @@ def format_report(result: BenchResult) -> str:
             )
         out.append("Throughput (same pairs, same threads, interleaved query by query)")
         out.append(_table(header, rows))
+        split = [t for t in result.throughput if not math.isnan(t.model_ms)]
+        if split:
+            out.append("")
+            out.append("Where an engine's time goes, per query (model = model runs with their input/output copies)")
+            out.append(
+                _table(
+                    ["contender", "tokenize ms", "model ms", "model-only pairs/s", "token cache hits"],
+                    [[t.label, f"{t.tokenize_ms:.2f}", f"{t.model_ms:.2f}", f"{t.model_pairs_per_s:.1f}",
+                      f"{t.token_cache_hit_rate:.0%}"] for t in split],
+                )
+            )  # fmt: skip
         top = max(t.pairs_per_s for t in result.throughput)
         out.append("")
         for t in result.throughput:
@@ -720,6 +775,8 @@ def format_report(result: BenchResult) -> str:
                     f"{cells[lo].pairs_per_s:.1f} pairs/s ({ratio:.2f}x); longest batcher hold "
                     f"{max(c.max_hold_ms for c in cells.values()):.2f} ms (bound {result.batch_wait_ms:g} ms)"
                 )
+        for label, rate in result.cell_token_cache_hit_rate.items():
+            out.append(f"  {label}: {rate:.0%} of the cells' passages had their tokens cached (the throughput run saw them first)")
         out.append("")
     if result.quality:
         out.append(f"Quality (NDCG@10, {result.quality[0].queries} judged queries, first stage top {result.quality[0].k})")
@@ -818,6 +875,7 @@ def _ints(text: str) -> list[int]:
 @click.option("--throughput/--no-throughput", default=True, help="the interleaved throughput comparison")
 @click.option("--latency/--no-latency", default=True, help="the latency/concurrency cells")
 @click.option("--quality", is_flag=True, help="NDCG@10 of each ONNX file over every judged query")
+@click.option("--token-cache-size", default=20_000, show_default=True, help="passages whose tokens the engine keeps; 0 = tokenize every pair")
 @click.option("--matmul-size", default=2048, help="n of the n x n fp32 numpy product timed between calls")
 @click.option("--deadline-ms", type=float, default=None, help="per-query deadline in the latency cells (counted as timeouts)")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="write a PNG plot here")
@@ -850,6 +908,7 @@ def bench(
     throughput: bool,
     latency: bool,
     quality: bool,
+    token_cache_size: int,
     matmul_size: int,
     deadline_ms: float | None,
     plot_path: Path | None,
@@ -870,7 +929,7 @@ def bench(
             threads=threads, max_length=max_length, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
             allow_spinning=allow_spinning, batch_wait_ms=batch_wait_ms, ks=k_values, concurrency=clients, throughput_queries=throughput_queries,
             queries_per_cell=queries_per_cell, rounds=rounds, peers=peers, hf_dir=hf_dir, throughput=throughput, latency=latency,
-            quality=quality,
+            quality=quality, token_cache_size=token_cache_size,
             deadline_s=deadline_ms / 1000 if deadline_ms else None, matmul_n=matmul_size, progress=say,
         )  # fmt: skip
     except RerankError as exc:

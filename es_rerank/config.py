@@ -90,6 +90,9 @@ class ModelSettings(_Strict):
         2.0, ge=0, le=1000, description="how long an idle model waits for concurrent requests to share a run"
     )
     cache_size: int = Field(10_000, ge=0, description="scores kept in the LRU score cache; 0 = off")
+    token_cache_size: int = Field(
+        20_000, ge=0, description="passages whose token ids are kept (LRU), so a document seen again is not re-tokenized; 0 = off"
+    )
     warmup: bool = Field(True, description="run the model once at load (at the largest batch shape on CUDA)")
     fuse_at_load: bool = Field(
         True, description="fuse an unfused transformer graph (attention, layer norms) in memory at load; needs the onnx package"

@@ -28,17 +28,16 @@ from concurrent.futures import Future, InvalidStateError
 from typing import Callable, Sequence
 
 import numpy as np
-from tokenizers import Encoding
 
 from ._stats import ScoreStats
-from ._tokenize import padded_width
+from ._tokenize import Encoded, padded_width
 
 __all__ = ["Job", "Batcher"]
 
 logger = logging.getLogger("es_rerank.reranker")
 
 # (encodings of one run, padded width) -> one float32 score per encoding
-RunBatch = Callable[[Sequence[Encoding], int], np.ndarray]
+RunBatch = Callable[[Sequence[Encoded], int], np.ndarray]
 
 
 class Job:
@@ -50,7 +49,7 @@ class Job:
     )  # fmt: skip
 
     def __init__(
-        self, encodings: Sequence[Encoding], *, batch_size: int, max_width: int, stats: ScoreStats
+        self, encodings: Sequence[Encoded], *, batch_size: int, max_width: int, stats: ScoreStats
     ) -> None:
         self.encodings = encodings
         self.lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))

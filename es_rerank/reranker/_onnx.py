@@ -15,13 +15,12 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 import numpy as np
-from tokenizers import Encoding
 
 from ..errors import ModelError
 from ._batcher import Batcher, Job
 from ._cache import ScoreCache
 from ._stats import ScoreStats
-from ._tokenize import INPUT_NAMES, PairTokenizer, make_feeds
+from ._tokenize import Encoded, INPUT_NAMES, PairTokenizer, make_feeds
 
 if TYPE_CHECKING:
     from ..config import ModelSettings
@@ -198,6 +197,7 @@ class OnnxReranker:
         max_batch_tokens: int | None = None,
         batch_wait_ms: float = 2.0,
         cache_size: int = 10_000,
+        token_cache_size: int = 20_000,
         variants: Mapping[str, Path] | None = None,
         warmup: bool = True,
         pad_multiple: int = 8,
@@ -232,7 +232,7 @@ class OnnxReranker:
             if not path.is_file():
                 raise ModelError(f"model {name!r}: {kind} file {path} does not exist")
 
-        self._tokenizer = PairTokenizer(self.tokenizer_path)
+        self._tokenizer = PairTokenizer(self.tokenizer_path, cache_size=token_cache_size)
         self.max_length = self._check_max_length(max_length)
         self._tokenizer.prepare(self.max_length)
         self.batch_size = batch_size
@@ -343,6 +343,7 @@ class OnnxReranker:
             max_batch_tokens=settings.max_batch_tokens,
             batch_wait_ms=settings.batch_wait_ms,
             cache_size=settings.cache_size,
+            token_cache_size=settings.token_cache_size,
             variants=variants,
             warmup=settings.warmup,
             fuse_at_load=settings.fuse_at_load,
@@ -431,7 +432,7 @@ class OnnxReranker:
             return logits[:, 1] - logits[:, 0]
         return logits[:, 0]
 
-    def _run_batch(self, encodings: Sequence[Encoding], width: int) -> np.ndarray:
+    def _run_batch(self, encodings: Sequence[Encoded], width: int) -> np.ndarray:
         """One model run over ``encodings`` padded to ``width``: one float32 score each."""
         session = self._session
         if session is None:
@@ -641,6 +642,7 @@ class OnnxReranker:
             "runs": self._batcher.runs,
             "merged_runs": self._batcher.merged_runs,
             "cache": self.cache.info(),
+            "token_cache": self._tokenizer.cache_info(),
         }
 
     def close(self) -> None:

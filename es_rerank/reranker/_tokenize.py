@@ -3,25 +3,81 @@
 Pairs are encoded with ``encode_batch`` and ``only_second`` truncation (the passage
 is cut, never the query), sorted by token length and padded per batch, so a batch of
 short passages is not padded to the longest passage of the request.
+
+A passage's tokens do not depend on the query, so they are computed once and kept
+(an LRU keyed by the passage text): a pair is then the query's part of the template,
+the passage's ids cut to what is left, and the template's tail, put together with
+numpy. Tokenizing a long passage costs far more than running a small model over it on
+a GPU, and the same documents come back query after query. The layout is read off the
+tokenizer's own post-processor for each query and checked, and a tokenizer whose
+template does not keep the passage in one piece falls back to ``encode_batch``.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Sequence, Union
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from ..errors import ModelError
 
-__all__ = ["PairTokenizer", "Batch", "iter_batches", "plan_batches", "make_feeds", "padded_width"]
+__all__ = ["PairTokenizer", "Pair", "Batch", "iter_batches", "plan_batches", "make_feeds", "padded_width"]
 
 # The ONNX inputs a cross-encoder may declare, all [batch, sequence] integers.
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 Batch = tuple[np.ndarray, dict[str, np.ndarray]]
+
+# A text the post-processor's layout is read from: any passage of at least one token.
+_PROBE = "probe text"
+
+
+class Pair:
+    """One encoded (query, passage) pair: what the batcher and :func:`make_feeds` read of
+    a ``tokenizers.Encoding``, as numpy arrays (no padding, so the mask is all ones)."""
+
+    __slots__ = ("ids", "type_ids")
+
+    def __init__(self, ids: np.ndarray, type_ids: np.ndarray) -> None:
+        self.ids = ids
+        self.type_ids = type_ids
+
+
+Encoded = Union[Pair, Encoding]
+
+
+class _Layout:
+    """The post-processor's pair template for one query: ``head + passage[:room] + tail``."""
+
+    __slots__ = ("head_ids", "head_types", "tail_ids", "tail_types", "passage_type", "room")
+
+    def __init__(self, probe: Encoding, probe_ids: list[int], max_length: int) -> None:
+        sequence = probe.sequence_ids
+        block = [i for i, s in enumerate(sequence) if s == 1]
+        if not block or block != list(range(block[0], block[-1] + 1)) or probe.ids[block[0] : block[-1] + 1] != probe_ids:
+            raise ValueError("the template does not keep the passage in one piece")
+        start, stop = block[0], block[-1] + 1
+        types = probe.type_ids
+        if len(set(types[start:stop])) != 1:
+            raise ValueError("the passage's token types vary")
+        self.head_ids = np.asarray(probe.ids[:start], dtype=np.int64)
+        self.head_types = np.asarray(types[:start], dtype=np.int64)
+        self.tail_ids = np.asarray(probe.ids[stop:], dtype=np.int64)
+        self.tail_types = np.asarray(types[stop:], dtype=np.int64)
+        self.passage_type = types[start]
+        self.room = max_length - start - (len(probe.ids) - stop)
+        if self.room < 1:
+            raise ValueError("no room left for the passage")
+
+    def pair(self, passage_ids: np.ndarray) -> Pair:
+        body = passage_ids[: self.room]
+        ids = np.concatenate((self.head_ids, body, self.tail_ids))
+        types = np.concatenate((self.head_types, np.full(len(body), self.passage_type, dtype=np.int64), self.tail_types))
+        return Pair(ids, types)
 
 
 def _pad_id(tokenizer: Tokenizer) -> int:
@@ -42,7 +98,9 @@ class PairTokenizer:
     its own copy (made once, kept) instead of changing a tokenizer another thread uses.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, cache_size: int = 20_000) -> None:
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be 0 (off) or more, got {cache_size}")
         path = Path(path)
         if not path.is_file():
             raise ModelError(f"tokenizer file {path} does not exist")
@@ -60,6 +118,14 @@ class PairTokenizer:
         self.num_special_tokens = tokenizer.num_special_tokens_to_add(True)
         self._truncating: dict[int, Tokenizer] = {}
         self._lock = threading.Lock()
+        self.cache_size = cache_size
+        # (max_length, passage text) -> its token ids (no special tokens), at most max_length
+        self._passages: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
+        self.cache_hits = 0
+        self.cache_misses = 0
+        probe = tokenizer.encode(_PROBE, add_special_tokens=False).ids
+        self._probe_ids = probe
+        self._templated = bool(probe)  # False: every call goes through encode_batch
 
     def min_length(self) -> int:
         """The smallest max_length that leaves one token to the query and one to the passage."""
@@ -103,14 +169,70 @@ class PairTokenizer:
             query = query[:end]
         return query
 
-    def encode_pairs(self, query: str, passages: Sequence[str], max_length: int) -> list[Encoding]:
+    def encode_pairs(self, query: str, passages: Sequence[str], max_length: int) -> list[Encoded]:
         """One encoding per passage: ``[CLS] query [SEP] passage [SEP]`` (or the model's template)."""
         query = self.clip_query(query, max_length)
         tokenizer = self._for_length(max_length)
         try:
+            if self._templated:
+                layout = self._layout(tokenizer, query, max_length)
+                if layout is not None:
+                    return [layout.pair(ids) for ids in self._passage_ids(passages, max_length)]
             return tokenizer.encode_batch([(query, passage) for passage in passages])
+        except ModelError:
+            raise
         except Exception as exc:
             raise ModelError(f"cannot tokenize with {self.path}: {exc}") from None
+
+    def cache_info(self) -> dict[str, int]:
+        """Passage token cache figures: size, entries, hits, misses."""
+        return {"size": self.cache_size, "entries": len(self._passages), "hits": self.cache_hits, "misses": self.cache_misses}
+
+    def cache_clear(self) -> None:
+        """Forget every passage and zero the counts."""
+        with self._lock:
+            self._passages.clear()
+            self.cache_hits = self.cache_misses = 0
+
+    def _layout(self, tokenizer: Tokenizer, query: str, max_length: int) -> _Layout | None:
+        query_encoding = self._plain.encode(query, add_special_tokens=False)
+        probe_encoding = self._plain.encode(_PROBE, add_special_tokens=False)
+        probe = tokenizer.post_process(query_encoding, probe_encoding)
+        try:
+            return _Layout(probe, self._probe_ids, max_length)
+        except ValueError:
+            self._templated = False  # a property of the tokenizer: ask no more
+            return None
+
+    def _passage_ids(self, passages: Sequence[str], max_length: int) -> list[np.ndarray]:
+        """Each passage's token ids, cut at ``max_length`` (no pair keeps more), from the
+        cache where it has them; the others are tokenized in one ``encode_batch``."""
+        found: list[np.ndarray | None] = [None] * len(passages)
+        missing: dict[str, list[int]] = {}
+        with self._lock:
+            for i, text in enumerate(passages):
+                ids = self._passages.get((max_length, text))
+                if ids is not None:
+                    self._passages.move_to_end((max_length, text))
+                    found[i] = ids
+                else:
+                    missing.setdefault(text, []).append(i)
+            self.cache_hits += len(passages) - sum(len(v) for v in missing.values())
+            self.cache_misses += len(missing)
+        if missing:
+            texts = list(missing)
+            encodings = self._plain.encode_batch(texts, add_special_tokens=False)
+            fresh = [np.asarray(e.ids[:max_length], dtype=np.int64) for e in encodings]
+            for text, ids in zip(texts, fresh):
+                for i in missing[text]:
+                    found[i] = ids
+            if self.cache_size:
+                with self._lock:
+                    for text, ids in zip(texts, fresh):
+                        self._passages[(max_length, text)] = ids
+                    while len(self._passages) > self.cache_size:
+                        self._passages.popitem(last=False)
+        return found  # type: ignore[return-value]
 
 
     def query_token_budget(self, query: str, max_length: int) -> int:
@@ -204,7 +326,7 @@ def plan_batches(
 
 
 def make_feeds(
-    encodings: Sequence[Encoding],
+    encodings: Sequence[Encoded],
     width: int,
     pad_id: int,
     names: Sequence[str] = INPUT_NAMES,
@@ -219,7 +341,7 @@ def make_feeds(
     for row, encoding in enumerate(encodings):
         n = len(encoding.ids)
         ids[row, :n] = encoding.ids
-        mask[row, :n] = encoding.attention_mask
+        mask[row, :n] = 1  # pairs are never padded before this
         if types is not None:
             types[row, :n] = encoding.type_ids
     arrays: dict[str, np.ndarray] = {"input_ids": ids, "attention_mask": mask}
@@ -234,7 +356,7 @@ def make_feeds(
 
 
 def iter_batches(
-    encodings: Sequence[Encoding],
+    encodings: Sequence[Encoded],
     batch_size: int,
     pad_id: int,
     names: Sequence[str] = INPUT_NAMES,

@@ -97,7 +97,7 @@ def test_iter_batches_pads_to_a_multiple_of_8(tiny_model_dir):
         assert width % 8 == 0 and rows * width <= 1024 or rows == 1
         for row, p in enumerate(positions):
             n = len(encodings[p].ids)
-            assert feeds["input_ids"][row, :n].tolist() == encodings[p].ids
+            assert feeds["input_ids"][row, :n].tolist() == list(encodings[p].ids)
             assert feeds["attention_mask"][row, n:].sum() == 0
             assert feeds["attention_mask"][row, :n].all()
     assert sum(len(p) for p, _ in batches) == len(PASSAGES)
