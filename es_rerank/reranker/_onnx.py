@@ -20,7 +20,7 @@ from ..errors import ModelError
 from ._batcher import Batcher, Job
 from ._cache import ScoreCache
 from ._stats import ScoreStats
-from ._tokenize import Encoded, INPUT_NAMES, PairTokenizer, make_feeds
+from ._tokenize import INPUT_NAMES, Encoded, Pair, PairTokenizer, make_feeds
 
 if TYPE_CHECKING:
     from ..config import ModelSettings
@@ -409,13 +409,18 @@ class OnnxReranker:
         return found
 
     def _warm_up(self) -> None:
-        """Run the model once before the first request: on CUDA at the largest batch
-        shape (memory arena, cuBLAS handles and kernels set up), on CPU a small batch."""
-        text = "warm up " * self.max_length
+        """Run the model before the first request. On CUDA at every padded width and a
+        spread of row counts: each new shape can pick GEMM and attention kernels not yet
+        loaded (CUDA loads kernels lazily, tens of ms each), a cost measured on the first
+        requests otherwise. On CPU one small batch."""
         if self._io_binding:
-            rows = max(1, min(self.batch_size, self.max_batch_tokens // self.max_length))
-            encodings = self._tokenizer.encode_pairs("warm up", [text] * rows, self.max_length)
-            self._run_batch(encodings, max(len(e.ids) for e in encodings))
+            (full,) = self._tokenizer.encode_pairs("warm up", ["warm up " * self.max_length], self.max_length)
+            widths = sorted({*range(self.pad_multiple, len(full.ids) + 1, self.pad_multiple), len(full.ids)})
+            for width in widths:  # only the shape matters: the first `width` tokens of a full pair
+                pair = Pair(np.asarray(full.ids[:width]), np.asarray(full.type_ids[:width]))
+                most = max(1, min(self.batch_size, self.max_batch_tokens // width))
+                for n in sorted({most, *(2**i for i in range(most.bit_length()) if 2**i < most)}):
+                    self._run_batch([pair] * n, width)
         encodings = self._tokenizer.encode_pairs("warm up", ["warm up"], self.max_length)
         self._run_batch(encodings, len(encodings[0].ids))
 

@@ -101,3 +101,19 @@ def test_iter_batches_pads_to_a_multiple_of_8(tiny_model_dir):
             assert feeds["attention_mask"][row, n:].sum() == 0
             assert feeds["attention_mask"][row, :n].all()
     assert sum(len(p) for p, _ in batches) == len(PASSAGES)
+
+
+def test_cuda_warm_up_runs_every_padded_width(tiny_model_dir):
+    """On CUDA each new shape may load kernels: the warm-up covers every width a batch can take."""
+    with OnnxReranker(
+        "tiny", tiny_model_dir / "model.onnx", tiny_model_dir / "tokenizer.json",
+        max_length=64, batch_size=16, max_batch_tokens=256, warmup=False,
+    ) as reranker:  # fmt: skip
+        shapes = []
+        reranker._io_binding = True  # as on CUDA; the runs are recorded, not executed
+        reranker._run_batch = lambda pairs, width: shapes.append((len(pairs), width)) or np.zeros(len(pairs))
+        reranker._warm_up()
+    widths = {w for _, w in shapes}
+    assert set(range(8, 65, 8)) <= widths
+    assert (16, 8) in shapes and (4, 64) in shapes and (1, 64) in shapes  # most rows the budget allows, and one
+    assert all(rows * width <= 256 or rows == 1 for rows, width in shapes)
