@@ -1139,18 +1139,19 @@ def optimize_command(model_dir: Path, fp16: bool, onnx_file: str | None, model_t
 @click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--mode", default="dynamic", type=click.Choice(["dynamic"]), help="quantisation method")
 @click.option("--onnx-file", default=None, help="ONNX file to quantise [default: the directory's]")
-@click.option("--per-channel", is_flag=True, help="one scale per output channel of each weight")
+# The defaults are es-rerank's measured recipe (reranker.quantize.INT8_RECIPE).
+@click.option("--per-channel/--per-tensor", default=True, show_default=True, help="one weight scale per output channel, or one per tensor")
 @click.option("--reduce-range", is_flag=True, help="7-bit weights (for CPUs without VNNI)")
-@click.option("--fusions-first", is_flag=True, help="apply transformer fusions before quantising")
+@click.option("--fusions-first/--no-fusions", default=True, show_default=True, help="apply transformer fusions before quantising")
 @click.option("--preprocess", is_flag=True, help="run ONNX Runtime's quant_pre_process first")
-@click.option("--op-types", default=None, help="comma-separated operator types to quantise [default: all ORT can]")
+@click.option("--op-types", default="MatMul,Attention", show_default=True, help="comma-separated operator types to quantise; 'all' = every one ONNX Runtime can")
 @click.option("--weight-type", default="qint8", type=click.Choice(["qint8", "quint8"]))
 @click.option("--output", default="model.int8.onnx", help="file name written in MODEL_DIR")
 def quantize_command(model_dir: Path, mode: str, onnx_file: str | None, per_channel: bool, reduce_range: bool,
                      fusions_first: bool, preprocess: bool, op_types: str | None, weight_type: str,
                      output: str) -> None:
     """int8 quantisation for CPU: writes model.int8.onnx."""  # fmt: skip
-    types = [t.strip() for t in op_types.split(",") if t.strip()] if op_types else None
+    types = [t.strip() for t in op_types.split(",") if t.strip()] if op_types and op_types != "all" else None
     try:
         result = quantize_model(
             model_dir, mode=mode, onnx_file=onnx_file, per_channel=per_channel,  # type: ignore[arg-type]

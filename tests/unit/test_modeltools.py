@@ -551,6 +551,19 @@ def test_quantize_cli(work_dir):
     assert checked.exit_code == 0 and "same order: yes" in checked.output
 
 
+@needs_sympy
+def test_quantize_cli_defaults_to_the_recipe(work_dir):
+    from es_rerank.reranker.quantize import INT8_RECIPE
+
+    result = run("quantize", work_dir)
+    assert result.exit_code == 0, result.output
+    variant = read_model_config(work_dir).variants["model.int8.onnx"]
+    assert variant["per_channel"] is INT8_RECIPE["per_channel"] is True
+    assert variant["fusions_first"] is INT8_RECIPE["fuse"]
+    assert variant["op_types"] == list(INT8_RECIPE["op_types"])
+    assert variant["reduce_range"] is INT8_RECIPE["reduce_range"]
+
+
 def test_optimize_without_its_dependencies_names_the_extra(work_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "sympy", None)  # import sympy -> ImportError
     result = run("optimize", work_dir)
