@@ -450,7 +450,7 @@ def _throughput(
         c.score(data.queries[qids[0]], data.pairs_for(qids[0], min(k, 8)))
         if c.engine is not None:
             c.stats = ScoreStats()
-            c.engine._tokenizer.cache_clear()  # start cold: only repeats across queries hit
+            c.engine.clear_token_cache()  # start cold: only repeats across queries hit
     numpy_matmul(matmul_n)
     np_flops = np_seconds = 0.0
     np_best = 0.0
@@ -477,7 +477,7 @@ def _stage_split(c: _Contender) -> dict[str, float]:
     if c.stats is None or c.engine is None or not c.per_query:
         return {}
     n = len(c.per_query)
-    cache = c.engine._tokenizer.cache_info()
+    cache = c.engine.token_cache_info()
     looked_up = cache["hits"] + cache["misses"]
     return {
         "tokenize_ms": c.stats.tokenize_ms / n,
@@ -620,7 +620,7 @@ def run_bench(
         #    of one K alternate round by round, so load from elsewhere hits them alike
         if latency:
             for name, engine in engines:
-                before = engine._tokenizer.cache_info()
+                before = engine.token_cache_info()
                 for k in sorted(ks):
                     acc: dict[int, dict[str, Any]] = {}
                     for round_no in range(rounds):
@@ -651,7 +651,7 @@ def run_bench(
                                 merged_runs=a["merged"], runs=a["runs"], timeouts=a["timeouts"],
                             )  # fmt: skip
                         )
-                after = engine._tokenizer.cache_info()
+                after = engine.token_cache_info()
                 hits, misses = after["hits"] - before["hits"], after["misses"] - before["misses"]
                 if hits + misses:
                     result.cell_token_cache_hit_rate[f"es-rerank {name}"] = hits / (hits + misses)
