@@ -70,6 +70,10 @@ class ModelSettings(_Strict):
         default_factory=lambda: ["auto"],
         description="ONNX Runtime providers in order; 'auto' = CUDA then CPU when CUDA is present",
     )
+    cuda_options: dict[str, str | int] = Field(
+        default_factory=dict,
+        description="options for ONNX Runtime's CUDA provider, e.g. device_id, gpu_mem_limit, arena_extend_strategy",
+    )
     max_length: int = Field(256, ge=8, le=8192)
     batch_size: int = Field(32, ge=1)
     head: Literal["auto", "single", "two"] = "auto"

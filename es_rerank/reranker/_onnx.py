@@ -190,6 +190,7 @@ class OnnxReranker:
         tokenizer_path: Path,
         *,
         providers: Sequence[str] = ("auto",),
+        cuda_options: Mapping[str, Any] | None = None,
         max_length: int = 256,
         batch_size: int = 32,
         head: Head = "auto",
@@ -265,7 +266,11 @@ class OnnxReranker:
             if fused is not None:
                 model, self.fused_at_load = fused, True
         try:
-            session = ort.InferenceSession(model, sess_options=options, providers=requested)
+            session = ort.InferenceSession(
+                model,
+                sess_options=options,
+                providers=[(p, {k: str(v) for k, v in cuda_options.items()}) if p == CUDA and cuda_options else p for p in requested],
+            )
         except Exception as exc:  # onnxruntime raises its own pybind exception types
             raise ModelError(f"model {name!r}: cannot load {self.onnx_path}: {exc}") from None
 
@@ -336,6 +341,7 @@ class OnnxReranker:
             settings.path / onnx_file,
             settings.path / tokenizer_file,
             providers=settings.providers,
+            cuda_options=settings.cuda_options,
             max_length=max_length,
             batch_size=settings.batch_size,
             head=head,

@@ -295,3 +295,29 @@ def test_real_model_ranks_the_relevant_passage_first_and_matches_onnxruntime():
         }
         direct.append(session.run(["logits"], feeds)[0][0, 0])
     np.testing.assert_allclose(scores, np.array(direct, dtype=np.float32), atol=1e-4, rtol=0)
+
+
+def test_cuda_options_reach_the_cuda_provider(tiny_model_dir, monkeypatch):
+    """`cuda_options` (device_id, memory limit...) go to ONNX Runtime with the CUDA provider."""
+    import types
+
+    import onnxruntime as ort
+
+    from es_rerank.reranker import _onnx
+
+    asked = []
+
+    def session(model, sess_options=None, providers=None):
+        asked.append(providers)
+        return ort.InferenceSession(model, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    shim = types.SimpleNamespace(**{k: getattr(ort, k) for k in dir(ort) if not k.startswith("_") and k != "preload_dlls"})
+    shim.get_available_providers = lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    shim.InferenceSession = session
+    monkeypatch.setattr(_onnx, "import_onnxruntime", lambda: shim)
+    with OnnxReranker(
+        "tiny", tiny_model_dir / "model.onnx", tiny_model_dir / "tokenizer.json",
+        providers=["cuda", "cpu"], cuda_options={"device_id": 1, "arena_extend_strategy": "kSameAsRequested"}, warmup=False,
+    ) as reranker:  # fmt: skip
+        assert reranker.provider == "CPUExecutionProvider"  # this machine has no CUDA: ONNX Runtime fell back
+    assert asked == [[("CUDAExecutionProvider", {"device_id": "1", "arena_extend_strategy": "kSameAsRequested"}), "CPUExecutionProvider"]]
