@@ -123,3 +123,19 @@ def test_make_feeds_takes_pairs_and_encodings_alike():
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])
     assert a["attention_mask"].sum() == sum(len(e.ids) for e in reference)
+
+
+@pytest.mark.parametrize("chars_per_token", [1, 3, 12])
+def test_long_passages_cut_before_tokenizing_give_the_same_pairs(monkeypatch, chars_per_token):
+    from es_rerank.reranker import _tokenize
+
+    monkeypatch.setattr(_tokenize, "CLIP_CHARS_PER_TOKEN", chars_per_token)  # 1 and 3: cut too short, tokenized whole again
+    passages = PASSAGES + [
+        "Cerebral white matter develops; " * 2000,  # a long document: cut long before its end
+        "a " * 5000,  # one character a token
+        "x" * 20000,  # no space to cut at
+        "tab\tseparated\nlines " * 600,
+    ]
+    for max_length in (32, 256):
+        tokenizer = PairTokenizer(BERT)
+        assert _got(tokenizer.encode_pairs(QUERIES[0], passages, max_length)) == _reference(BERT, QUERIES[0], passages, max_length)
