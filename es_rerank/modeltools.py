@@ -40,6 +40,8 @@ import numpy as np
 
 from .errors import ModelError, RerankError
 from .reranker import OnnxReranker, import_onnxruntime
+from .reranker.optimize import _optimize_proto
+from .reranker.quantize import _TWO_GIB, quantize_dynamic_file
 from .reranker.modeldir import (
     MODEL_CONFIG_FILE,
     Activation,
@@ -73,7 +75,6 @@ ST_CONFIG_FILE = "config_sentence_transformers.json"
 DEFAULT_ONNX_FILES = ("onnx/model.onnx", "model.onnx")
 OPSET = 17
 MAX_LENGTH_CAP = 512
-_TWO_GIB = 2**31
 
 # Built-in (query, passage) pairs for `check` and for comparing a model with its variants:
 # short, on-topic and off-topic, one empty passage and one that the tokenizer must truncate.
@@ -799,26 +800,21 @@ def _heads_and_hidden(md: _ModelDir, num_heads: int | None, hidden_size: int | N
 
 
 def _fuse(source: Path, *, model_type: str, num_heads: int, hidden_size: int, use_gpu: bool) -> Any:
-    """ONNX Runtime's Python transformer fusions (``opt_level=0``).
+    """es-rerank's attention fusion, then ONNX Runtime's Python transformer fusions
+    (``opt_level=0``): what the engine does at load (:mod:`es_rerank.reranker.optimize`).
 
     ONNX Runtime's own graph pass (``opt_level`` 1+) is left to session creation, which
     OnnxReranker does with every optimisation on: saved, it would tie the file to this
     machine's hardware, it changed no fusion on the models tried (tiny and MiniLM BERTs),
     and ONNX Runtime 1.32 imports torch to run it.
     """
-    from onnxruntime.transformers import optimizer
+    import onnx
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return optimizer.optimize_model(
-                str(source),
-                model_type=model_type,
-                num_heads=num_heads,
-                hidden_size=hidden_size,
-                use_gpu=use_gpu,
-                opt_level=0,
-            )
+            model = onnx.load(str(source))
+            return _optimize_proto(model, num_heads=num_heads, use_gpu=use_gpu, model_type=model_type, hidden_size=hidden_size)
         except Exception as exc:
             raise ModelError(f"cannot optimise {source}: {type(exc).__name__}: {exc}") from None
 
@@ -914,12 +910,7 @@ def quantize_model(
     if mode != "dynamic":
         raise ModelError(f"quantisation mode {mode!r} is not supported (supported: dynamic)")
     md = _open_model_dir(model_dir, onnx_file)
-    onnx = _import_onnx_tools(sympy=fusions_first or preprocess)
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    weight = {"qint8": QuantType.QInt8, "quint8": QuantType.QUInt8}.get(weight_type)
-    if weight is None:
-        raise ModelError(f"weight_type must be qint8 or quint8, got {weight_type!r}")
+    _import_onnx_tools(sympy=fusions_first or preprocess)
     options: dict[str, Any] = {
         "mode": mode,
         "per_channel": per_channel,
@@ -948,27 +939,11 @@ def quantize_model(
             except Exception as exc:
                 raise ModelError(f"cannot prepare {source.name} for quantisation: {type(exc).__name__}: {exc}") from None
             source = prepared
-        ort_options = dict(extra_options or {})
-        if fusions_first:
-            # Fused operators (com.microsoft) have no ONNX shape inference: say what their outputs are.
-            ort_options.setdefault("DefaultTensorType", onnx.TensorProto.FLOAT)
         tmp_out = Path(tmp_name) / out_path.name
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                quantize_dynamic(
-                    str(source),
-                    str(tmp_out),
-                    op_types_to_quantize=list(op_types) if op_types else None,
-                    per_channel=per_channel,
-                    reduce_range=reduce_range,
-                    weight_type=weight,
-                    nodes_to_exclude=list(nodes_to_exclude) if nodes_to_exclude else None,
-                    use_external_data_format=source.stat().st_size >= _TWO_GIB,
-                    extra_options=ort_options or None,
-                )
-        except Exception as exc:
-            raise ModelError(f"cannot quantise {md.onnx}: {type(exc).__name__}: {exc}") from None
+        quantize_dynamic_file(
+            source, tmp_out, fused=fusions_first, per_channel=per_channel, reduce_range=reduce_range,
+            op_types=op_types, weight_type=weight_type, nodes_to_exclude=nodes_to_exclude, extra_options=dict(extra_options or {}),
+        )  # fmt: skip
         os.replace(tmp_out, out_path)
     diff = _compare(md, out_path, md.onnx)
     _record_variant(md, out_path, {"kind": "int8-" + mode, "from": md.onnx.name, **options})

@@ -275,8 +275,10 @@ def fused_operator_counts(model: Any) -> dict[str, int]:
 _FUSED_OPS = {"Attention", "MultiHeadAttention", "QAttention", "SkipLayerNormalization", "EmbedLayerNormalization"}
 
 
-def _optimize_proto(model: Any, *, num_heads: int | None, use_gpu: bool) -> Any:
-    """Attention fusion then ONNX Runtime's BERT fusions; the optimiser's OnnxModel."""
+def _optimize_proto(
+    model: Any, *, num_heads: int | None, use_gpu: bool, model_type: str = "bert", hidden_size: int = 0
+) -> Any:
+    """Attention fusion then ONNX Runtime's transformer fusions; the optimiser's OnnxModel."""
     from onnxruntime.transformers import optimizer
 
     fuse_attention(model, num_heads=num_heads)
@@ -286,7 +288,9 @@ def _optimize_proto(model: Any, *, num_heads: int | None, use_gpu: bool) -> Any:
             if node.op_type == "Attention" and node.domain == MS_DOMAIN:
                 heads = next(a.i for a in node.attribute if a.name == "num_heads")
                 break
-    return optimizer.optimize_model(model, model_type="bert", num_heads=heads, hidden_size=0, opt_level=0, use_gpu=use_gpu)
+    return optimizer.optimize_model(
+        model, model_type=model_type, num_heads=heads, hidden_size=hidden_size, opt_level=0, use_gpu=use_gpu
+    )
 
 
 def optimized_model_bytes(source: str | Path, *, use_gpu: bool = False) -> bytes | None:

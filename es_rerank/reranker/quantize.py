@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..errors import ModelError
 from .optimize import _import_onnx, fused_operator_counts, optimize_onnx
 
-__all__ = ["INT8_RECIPE", "quantize_int8"]
+__all__ = ["INT8_RECIPE", "quantize_int8", "quantize_dynamic_file"]
+
+_TWO_GIB = 2**31  # protobuf's limit: larger models keep their weights outside the file
 
 logger = logging.getLogger("es_rerank.reranker")
 
@@ -37,6 +40,49 @@ INT8_RECIPE = {
     "op_types": ("MatMul", "Attention"),
     "reduce_range": False,
 }
+
+
+def quantize_dynamic_file(
+    source: str | Path,
+    dest: str | Path,
+    *,
+    fused: bool,
+    per_channel: bool,
+    reduce_range: bool = False,
+    op_types: Sequence[str] | None = None,
+    weight_type: str = "qint8",
+    nodes_to_exclude: Sequence[str] | None = None,
+    extra_options: dict[str, Any] | None = None,
+) -> None:
+    """ONNX Runtime's ``quantize_dynamic`` from ``source`` to ``dest`` (``op_types`` None:
+    every operator type it can). ``fused``: ``source`` holds com.microsoft fused operators,
+    which have no ONNX shape inference, so their outputs are declared fp32."""
+    onnx = _import_onnx()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    weight = {"qint8": QuantType.QInt8, "quint8": QuantType.QUInt8}.get(weight_type)
+    if weight is None:
+        raise ModelError(f"weight_type must be qint8 or quint8, got {weight_type!r}")
+    options = dict(extra_options or {})
+    if fused:
+        options.setdefault("DefaultTensorType", onnx.TensorProto.FLOAT)
+    source = Path(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(
+                str(source),
+                str(dest),
+                weight_type=weight,
+                per_channel=per_channel,
+                reduce_range=reduce_range,
+                op_types_to_quantize=list(op_types) if op_types else None,
+                nodes_to_exclude=list(nodes_to_exclude) if nodes_to_exclude else None,
+                use_external_data_format=source.stat().st_size >= _TWO_GIB,
+                extra_options=options or None,
+            )
+    except Exception as exc:
+        raise ModelError(f"cannot quantise {source}: {type(exc).__name__}: {exc}") from None
 
 
 def quantize_int8(
@@ -51,29 +97,18 @@ def quantize_int8(
 ) -> dict[str, int]:
     """Write ``dest``, the int8 CPU variant of the fp32 model ``source``; its operator counts.
 
-    Defaults are :data:`INT8_RECIPE`. ``fuse=False`` quantises the graph as it is
-    (plain dynamic int8, what ``quantize_dynamic`` alone gives).
+    Defaults are :data:`INT8_RECIPE` (what ``es-rerank model quantize DIR`` does to a
+    model directory). ``fuse=False`` quantises the graph as it is (plain dynamic int8,
+    what ``quantize_dynamic`` alone gives).
     """
     onnx = _import_onnx()
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     source, dest = Path(source), Path(dest)
     with tempfile.TemporaryDirectory(prefix=".es-rerank-int8-", dir=dest.parent) as tmp:
         model_in = source
         if fuse:
             model_in = Path(tmp) / "fused.onnx"
             optimize_onnx(source, model_in, num_heads=num_heads)
-        try:
-            quantize_dynamic(
-                str(model_in),
-                str(dest),
-                weight_type=QuantType.QInt8,
-                per_channel=per_channel,
-                reduce_range=reduce_range,
-                op_types_to_quantize=list(op_types),
-                # fused com.microsoft nodes have no ONNX shape inference: their outputs are fp32
-                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
-        except Exception as exc:
-            raise ModelError(f"cannot quantise {source}: {type(exc).__name__}: {exc}") from None
+        quantize_dynamic_file(
+            model_in, dest, fused=fuse, per_channel=per_channel, reduce_range=reduce_range, op_types=op_types
+        )
     return fused_operator_counts(onnx.load(str(dest)))

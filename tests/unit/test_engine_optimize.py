@@ -184,3 +184,19 @@ def test_the_real_model_fuses_fully_and_scores_alike(tmp_path):
     with OnnxReranker("at-load", REAL_MODEL / "model.onnx", tokenizer, cache_size=0) as at_load:
         assert at_load.engine_info()["fused_at_load"]
         np.testing.assert_allclose(at_load.score(query, passages), expected, atol=1e-3)
+
+
+@pytest.mark.skipif(not (REAL_MODEL / "model.onnx").is_file(), reason="the shared model is not beside the checkout")
+def test_model_quantize_and_quantize_int8_write_the_same_file(tmp_path):
+    """`es-rerank model quantize DIR` (its defaults, the recipe) fuses this export's attention
+    as the engine does at load: byte for byte what quantize_int8 writes."""
+    from es_rerank.modeltools import quantize_model
+
+    work = tmp_path / "model"
+    work.mkdir()
+    for name, target in (("model.onnx", "model.onnx"), ("tokenizer.json", "tokenizer.json"), ("config.json", "hf/config.json")):
+        (work / name).symlink_to(REAL_MODEL / target)
+    quantize_model(work, fusions_first=True, per_channel=INT8_RECIPE["per_channel"], op_types=INT8_RECIPE["op_types"])
+    ops = quantize_int8(REAL_MODEL / "model.onnx", tmp_path / "direct.int8.onnx")
+    assert ops["QAttention"] == 6
+    assert (work / "model.int8.onnx").read_bytes() == (tmp_path / "direct.int8.onnx").read_bytes()
