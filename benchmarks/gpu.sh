@@ -5,6 +5,7 @@
 #
 #   bash benchmarks/gpu.sh                     # defaults below
 #   bash benchmarks/gpu.sh --peer torch        # extra options go to es-rerank bench
+#   bash benchmarks/gpu.sh --cuda-option sdpa_kernel=2   # an ONNX Runtime CUDA provider option
 #
 # Environment (all optional):
 #   MODEL_DIR       model directory (model.onnx, tokenizer.json, hf/ or config.json)

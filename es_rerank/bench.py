@@ -537,6 +537,7 @@ def run_bench(
     max_batch_tokens: int | None = None,
     batch_wait_ms: float = 2.0,
     allow_spinning: bool = False,
+    cuda_options: Mapping[str, str] | None = None,
     token_cache_size: int = 20_000,
     ks: Sequence[int] = DEFAULT_KS,
     concurrency: Sequence[int] = DEFAULT_CONCURRENCY,
@@ -571,7 +572,7 @@ def run_bench(
                         max_length=max_length, batch_size=batch_size, intra_op_threads=threads,
                         max_batch_tokens=max_batch_tokens, batch_wait_ms=batch_wait_ms, cache_size=0,
                         token_cache_size=token_cache_size,
-                        allow_spinning=allow_spinning,
+                        allow_spinning=allow_spinning, cuda_options=cuda_options,
                     ),  # fmt: skip
                 )
             )
@@ -837,6 +838,16 @@ def plot_bench(result: BenchResult, path: str | Path) -> Path:
 # -- command ---------------------------------------------------------------------------
 
 
+def _key_values(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--cuda-option")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def _ints(text: str) -> list[int]:
     try:
         values = sorted({int(x) for x in text.split(",") if x.strip()})
@@ -864,6 +875,7 @@ def _ints(text: str) -> list[int]:
 @click.option("--max-length", default=256)
 @click.option("--batch-size", default=32, help="rows per model run at most (and the peers' batch size)")
 @click.option("--max-batch-tokens", type=int, default=None, help="padded tokens per model run [default: 1024 on CPU, 65536 on CUDA]")
+@click.option("--cuda-option", "cuda_option", multiple=True, metavar="KEY=VALUE", help="an ONNX Runtime CUDA provider option (repeat)")
 @click.option("--allow-spinning", is_flag=True, help="let ONNX Runtime's idle threads spin")
 @click.option("--batch-wait-ms", default=2.0, help="the batcher's wait bound")
 @click.option("--throughput-queries", default=20, help="queries in the throughput comparison")
@@ -897,6 +909,7 @@ def bench(
     max_length: int,
     batch_size: int,
     max_batch_tokens: int | None,
+    cuda_option: tuple[str, ...],
     allow_spinning: bool,
     batch_wait_ms: float,
     throughput_queries: int,
@@ -927,7 +940,7 @@ def bench(
         result = run_bench(
             model_dir, data, onnx_files=onnx_files, tokenizer_file=tokenizer_file, provider=provider,
             threads=threads, max_length=max_length, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-            allow_spinning=allow_spinning, batch_wait_ms=batch_wait_ms, ks=k_values, concurrency=clients, throughput_queries=throughput_queries,
+            allow_spinning=allow_spinning, cuda_options=_key_values(cuda_option), batch_wait_ms=batch_wait_ms, ks=k_values, concurrency=clients, throughput_queries=throughput_queries,
             queries_per_cell=queries_per_cell, rounds=rounds, peers=peers, hf_dir=hf_dir, throughput=throughput, latency=latency,
             quality=quality, token_cache_size=token_cache_size,
             deadline_s=deadline_ms / 1000 if deadline_ms else None, matmul_n=matmul_size, progress=say,

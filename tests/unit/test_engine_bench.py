@@ -106,6 +106,9 @@ def test_a_whole_run_on_the_tiny_model(beir, model_dir):
         throughput_queries=2, queries_per_cell=3, quality=True, matmul_n=64,
     )  # fmt: skip
     assert [t.pairs for t in result.throughput] == [10, 10]
+    for t in result.throughput:  # the engine's split: its model time is part of its wall time
+        assert 0 < t.model_ms * len(data.query_ids()[:2]) <= t.seconds * 1000 and t.tokenize_ms >= 0
+        assert 0 <= t.token_cache_hit_rate <= 1
     assert len(result.cells) == 2 * 2 * 2
     for cell in result.cells:
         assert cell.pairs == cell.queries * cell.k and cell.timeouts == 0
@@ -131,6 +134,9 @@ def test_the_command(beir, model_dir, tmp_path):
     assert "pairs/s" in result.output
     figures = json.loads(out.read_text())
     assert figures["throughput"][0]["pairs"] == 3
+    assert "Where an engine's time goes" in result.output
+    bad = CliRunner().invoke(bench, args + ["--cuda-option", "device_id"])
+    assert bad.exit_code == 2 and "KEY=VALUE" in bad.output
 
 
 def test_peers_without_their_libraries_say_what_to_install(beir, model_dir, monkeypatch):
