@@ -40,8 +40,6 @@ import numpy as np
 
 from .errors import ModelError, RerankError
 from .reranker import OnnxReranker, import_onnxruntime
-from .reranker.optimize import _optimize_proto
-from .reranker.quantize import _TWO_GIB, quantize_dynamic_file
 from .reranker.modeldir import (
     MODEL_CONFIG_FILE,
     Activation,
@@ -49,6 +47,8 @@ from .reranker.modeldir import (
     read_model_config,
     write_model_config,
 )
+from .reranker.optimize import optimize_graph
+from .reranker.quantize import TWO_GIB, quantize_dynamic_file
 
 __all__ = [
     "model",
@@ -814,7 +814,7 @@ def _fuse(source: Path, *, model_type: str, num_heads: int, hidden_size: int, us
         warnings.simplefilter("ignore")
         try:
             model = onnx.load(str(source))
-            return _optimize_proto(model, num_heads=num_heads, use_gpu=use_gpu, model_type=model_type, hidden_size=hidden_size)
+            return optimize_graph(model, num_heads=num_heads, use_gpu=use_gpu, model_type=model_type, hidden_size=hidden_size)
         except Exception as exc:
             raise ModelError(f"cannot optimise {source}: {type(exc).__name__}: {exc}") from None
 
@@ -822,7 +822,7 @@ def _fuse(source: Path, *, model_type: str, num_heads: int, hidden_size: int, us
 def _save(onnx_model: Any, path: Path) -> None:
     size = onnx_model.model.ByteSize()
     tmp = path.with_name(f".{path.name}.tmp")
-    onnx_model.save_model_to_file(str(tmp), use_external_data_format=size >= _TWO_GIB)
+    onnx_model.save_model_to_file(str(tmp), use_external_data_format=size >= TWO_GIB)
     os.replace(tmp, path)
 
 

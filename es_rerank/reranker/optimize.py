@@ -275,7 +275,7 @@ def fused_operator_counts(model: Any) -> dict[str, int]:
 _FUSED_OPS = {"Attention", "MultiHeadAttention", "QAttention", "SkipLayerNormalization", "EmbedLayerNormalization"}
 
 
-def _optimize_proto(
+def optimize_graph(
     model: Any, *, num_heads: int | None, use_gpu: bool, model_type: str = "bert", hidden_size: int = 0
 ) -> Any:
     """Attention fusion then ONNX Runtime's transformer fusions; the optimiser's OnnxModel."""
@@ -307,7 +307,7 @@ def optimized_model_bytes(source: str | Path, *, use_gpu: bool = False) -> bytes
     if ops & _FUSED_OPS or "Softmax" not in ops or "DynamicQuantizeLinear" in ops:
         return None
     try:
-        optimized = _optimize_proto(model, num_heads=None, use_gpu=use_gpu)
+        optimized = optimize_graph(model, num_heads=None, use_gpu=use_gpu)
     except Exception as exc:  # a graph the optimiser chokes on still runs as it is
         logger.warning("graph fusions failed for %s (%s: %s); loading it as it is", source, type(exc).__name__, exc)
         return None
@@ -337,7 +337,7 @@ def optimize_onnx(
     except Exception as exc:
         raise ModelError(f"cannot read {source}: {exc}") from None
     try:
-        optimized = _optimize_proto(model, num_heads=num_heads, use_gpu=use_gpu)
+        optimized = optimize_graph(model, num_heads=num_heads, use_gpu=use_gpu)
     except Exception as exc:
         raise ModelError(f"cannot optimise {source}: {type(exc).__name__}: {exc}") from None
     optimized.save_model_to_file(str(dest))
@@ -356,7 +356,7 @@ def convert_fp16(source: str | Path, dest: str | Path, *, num_heads: int | None 
     except Exception as exc:
         raise ModelError(f"cannot read {source}: {exc}") from None
     try:
-        optimized = _optimize_proto(model, num_heads=num_heads, use_gpu=True)
+        optimized = optimize_graph(model, num_heads=num_heads, use_gpu=True)
         optimized.convert_float_to_float16(keep_io_types=True)
     except Exception as exc:
         raise ModelError(f"cannot convert {source} to float16: {type(exc).__name__}: {exc}") from None

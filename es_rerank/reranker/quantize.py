@@ -30,7 +30,7 @@ from .optimize import _import_onnx, fused_operator_counts, optimize_onnx
 
 __all__ = ["INT8_RECIPE", "quantize_int8", "quantize_dynamic_file"]
 
-_TWO_GIB = 2**31  # protobuf's limit: larger models keep their weights outside the file
+TWO_GIB = 2**31  # protobuf's limit: larger models keep their weights outside the file
 
 logger = logging.getLogger("es_rerank.reranker")
 
@@ -78,7 +78,7 @@ def quantize_dynamic_file(
                 reduce_range=reduce_range,
                 op_types_to_quantize=list(op_types) if op_types else None,
                 nodes_to_exclude=list(nodes_to_exclude) if nodes_to_exclude else None,
-                use_external_data_format=source.stat().st_size >= _TWO_GIB,
+                use_external_data_format=source.stat().st_size >= TWO_GIB,
                 extra_options=options or None,
             )
     except Exception as exc:
