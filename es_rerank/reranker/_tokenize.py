@@ -5,7 +5,7 @@ is cut, never the query), sorted by token length and padded per batch, so a batc
 short passages is not padded to the longest passage of the request.
 
 A passage's tokens do not depend on the query, so they are computed once and kept
-(an LRU keyed by the passage text): a pair is then the query's part of the template,
+(an LRU keyed by a digest of the passage text): a pair is then the query's part of the template,
 the passage's ids cut to what is left, and the template's tail, put together with
 numpy. Tokenizing a long passage costs far more than running a small model over it on
 a GPU, and the same documents come back query after query. The layout is read off the
@@ -24,6 +24,7 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from ..errors import ModelError
+from ._cache import passage_digest
 
 __all__ = ["PairTokenizer", "Pair", "Batch", "iter_batches", "plan_batches", "make_feeds", "padded_width"]
 
@@ -123,8 +124,9 @@ class PairTokenizer:
         self._truncating: dict[int, Tokenizer] = {}
         self._lock = threading.Lock()
         self.cache_size = cache_size
-        # (max_length, passage text) -> its token ids (no special tokens), at most max_length
-        self._passages: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
+        # (max_length, passage digest) -> its token ids (no special tokens), at most max_length;
+        # a digest, not the text, so a cache of long documents does not hold their text
+        self._passages: OrderedDict[tuple[int, bytes], np.ndarray] = OrderedDict()
         self.cache_hits = 0
         self.cache_misses = 0
         self._probe = tokenizer.encode(_PROBE, add_special_tokens=False)
@@ -232,11 +234,12 @@ class PairTokenizer:
         cache where it has them; the others are tokenized in one ``encode_batch``."""
         found: list[np.ndarray | None] = [None] * len(passages)
         missing: dict[str, list[int]] = {}
+        keys = [(max_length, passage_digest(text)) for text in passages] if self.cache_size else []
         with self._lock:
             for i, text in enumerate(passages):
-                ids = self._passages.get((max_length, text))
+                ids = self._passages.get(keys[i]) if self.cache_size else None
                 if ids is not None:
-                    self._passages.move_to_end((max_length, text))
+                    self._passages.move_to_end(keys[i])
                     found[i] = ids
                 else:
                     missing.setdefault(text, []).append(i)
@@ -251,7 +254,7 @@ class PairTokenizer:
             if self.cache_size:
                 with self._lock:
                     for text, ids in zip(texts, fresh):
-                        self._passages[(max_length, text)] = ids
+                        self._passages[keys[missing[text][0]]] = ids
                     while len(self._passages) > self.cache_size:
                         self._passages.popitem(last=False)
         return found  # type: ignore[return-value]
