@@ -21,6 +21,7 @@ from ._batcher import Batcher, Job
 from ._cache import ScoreCache
 from ._stats import ScoreStats
 from ._tokenize import INPUT_NAMES, Encoded, Pair, PairTokenizer, make_feeds
+from .optimize import CPU_DISABLED_OPTIMIZERS
 
 if TYPE_CHECKING:
     from ..config import ModelSettings
@@ -179,7 +180,7 @@ class OnnxReranker:
     shape at load, so the first request pays no set-up cost. With ``fuse_at_load`` a
     graph whose attention is not fused (recent transformers exports) is fused in memory
     before the session is made (:func:`~es_rerank.reranker.optimize.optimized_model_bytes`:
-    one Attention node per layer, SkipLayerNormalization, BiasGelu); an already fused or
+    one Attention node per layer, layer norms, BiasGelu); an already fused or
     quantised file is loaded as it is.
     """
 
@@ -270,6 +271,7 @@ class OnnxReranker:
                 model,
                 sess_options=options,
                 providers=[(p, {k: str(v) for k, v in cuda_options.items()}) if p == CUDA and cuda_options else p for p in requested],
+                disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS) if requested[0] == CPU else None,
             )
         except Exception as exc:  # onnxruntime raises its own pybind exception types
             raise ModelError(f"model {name!r}: cannot load {self.onnx_path}: {exc}") from None

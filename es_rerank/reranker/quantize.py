@@ -3,7 +3,8 @@
 The recipe (:data:`INT8_RECIPE`), measured on SciFact dev with the shared MiniLM-L6
 cross-encoder (see es-rerank's bench): fuse the transformer first
 (:func:`~es_rerank.reranker.optimize.optimize_onnx`: one ``Attention`` node per
-layer, SkipLayerNormalization, BiasGelu), then ONNX Runtime's ``quantize_dynamic``
+layer, EmbedLayerNormalization, BiasGelu; residual Add and LayerNormalization kept
+apart, faster on CPU), then ONNX Runtime's ``quantize_dynamic``
 with int8 weights quantised per output channel, on the ``MatMul`` and ``Attention``
 nodes only (the embeddings, layer norms, pooler and classifier stay fp32).
 Activations are quantised at run time (uint8, per tensor), so no calibration set is

@@ -740,7 +740,8 @@ def test_optimize_fuses_exported_bert(exported, tmp_path):
         (work / p.name).write_bytes(p.read_bytes())
     result = optimize_model(work, fp16=True)
     # the TorchScript export of transformers' eager attention is what ORT's BERT fusions expect
-    assert result.fused_ops.get("Attention") == 2 and result.fused_ops.get("SkipLayerNormalization") == 4, result.fused_ops
+    # residual Add + LayerNormalization stay apart for CPU (faster there than SkipLayerNormalization)
+    assert result.fused_ops.get("Attention") == 2 and result.fused_ops.get("LayerNormalization") == 4, result.fused_ops
     assert result.max_abs_diff < 1e-4
     np.testing.assert_allclose(scores_of(work, "model.opt.onnx", max_length=128), scores_of(work, max_length=128), atol=1e-4)
     half = onnx.load(str(work / "model.fp16.onnx"))

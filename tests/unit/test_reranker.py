@@ -307,7 +307,7 @@ def test_cuda_options_reach_the_cuda_provider(tiny_model_dir, monkeypatch):
 
     asked = []
 
-    def session(model, sess_options=None, providers=None):
+    def session(model, sess_options=None, providers=None, **kwargs):
         asked.append(providers)
         return ort.InferenceSession(model, sess_options=sess_options, providers=["CPUExecutionProvider"])
 
