@@ -777,7 +777,7 @@ def format_report(result: BenchResult) -> str:
                     f"{max(c.max_hold_ms for c in cells.values()):.2f} ms (bound {result.batch_wait_ms:g} ms)"
                 )
         for label, rate in result.cell_token_cache_hit_rate.items():
-            out.append(f"  {label}: {rate:.0%} of the cells' passages had their tokens cached (the throughput run saw them first)")
+            out.append(f"  {label}: {rate:.0%} of the cells' passages had their tokens cached (earlier calls in this run saw them)")
         out.append("")
     if result.quality:
         out.append(f"Quality (NDCG@10, {result.quality[0].queries} judged queries, first stage top {result.quality[0].k})")
