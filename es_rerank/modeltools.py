@@ -48,7 +48,7 @@ from .reranker.modeldir import (
     write_model_config,
 )
 from .reranker.optimize import optimize_graph
-from .reranker.quantize import TWO_GIB, quantize_dynamic_file
+from .reranker.quantize import INT8_RECIPE, TWO_GIB, quantize_dynamic_file
 
 __all__ = [
     "model",
@@ -1115,11 +1115,11 @@ def optimize_command(model_dir: Path, fp16: bool, onnx_file: str | None, model_t
 @click.option("--mode", default="dynamic", type=click.Choice(["dynamic"]), help="quantisation method")
 @click.option("--onnx-file", default=None, help="ONNX file to quantise [default: the directory's]")
 # The defaults are es-rerank's measured recipe (reranker.quantize.INT8_RECIPE).
-@click.option("--per-channel/--per-tensor", default=True, show_default=True, help="one weight scale per output channel, or one per tensor")
+@click.option("--per-channel/--per-tensor", default=INT8_RECIPE["per_channel"], show_default=True, help="one weight scale per output channel, or one per tensor")
 @click.option("--reduce-range", is_flag=True, help="7-bit weights (for CPUs without VNNI)")
-@click.option("--fusions-first/--no-fusions", default=True, show_default=True, help="apply transformer fusions before quantising")
+@click.option("--fusions-first/--no-fusions", default=INT8_RECIPE["fuse"], show_default=True, help="apply transformer fusions before quantising")
 @click.option("--preprocess", is_flag=True, help="run ONNX Runtime's quant_pre_process first")
-@click.option("--op-types", default="MatMul,Attention", show_default=True, help="comma-separated operator types to quantise; 'all' = every one ONNX Runtime can")
+@click.option("--op-types", default=",".join(INT8_RECIPE["op_types"]), show_default=True, help="comma-separated operator types to quantise; 'all' = every one ONNX Runtime can")
 @click.option("--weight-type", default="qint8", type=click.Choice(["qint8", "quint8"]))
 @click.option("--output", default="model.int8.onnx", help="file name written in MODEL_DIR")
 def quantize_command(model_dir: Path, mode: str, onnx_file: str | None, per_channel: bool, reduce_range: bool,

@@ -498,7 +498,8 @@ class OnnxReranker:
                 texts.append(passages[position])
         job = None
         if texts:
-            encodings = self._tokenizer.encode_pairs(query, texts, max_length)
+            digests = [key[3] for key in todo]  # the score cache's keys end with the passage digest
+            encodings = self._tokenizer.encode_pairs(query, texts, max_length, digests)
             job = Job(encodings, batch_size=batch_size, max_width=max_length, stats=stats)
         stats.tokenize_ms += (time.perf_counter() - started) * 1000
         return _Call(out, list(todo), list(todo.values()), job)

@@ -174,18 +174,22 @@ class PairTokenizer:
             query = query[:end]
         return query
 
-    def encode_pairs(self, query: str, passages: Sequence[str], max_length: int) -> list[Encoded]:
-        """One encoding per passage: ``[CLS] query [SEP] passage [SEP]`` (or the model's template)."""
+    def encode_pairs(
+        self, query: str, passages: Sequence[str], max_length: int, digests: Sequence[bytes] | None = None
+    ) -> list[Encoded]:
+        """One encoding per passage: ``[CLS] query [SEP] passage [SEP]`` (or the model's template).
+
+        ``digests``, when the caller has them, are the passages' :func:`passage_digest`
+        (the token cache's keys), so they are not computed twice.
+        """
         query = self.clip_query(query, max_length)
         tokenizer = self._for_length(max_length)
         try:
             if self._templated:
                 layout = self._layout(tokenizer, query, max_length)
                 if layout is not None:
-                    return [layout.pair(ids) for ids in self._passage_ids(passages, max_length)]
+                    return [layout.pair(ids) for ids in self._passage_ids(passages, max_length, digests)]
             return tokenizer.encode_batch([(query, passage) for passage in passages])
-        except ModelError:
-            raise
         except Exception as exc:
             raise ModelError(f"cannot tokenize with {self.path}: {exc}") from None
 
@@ -229,12 +233,17 @@ class PairTokenizer:
                 ids[i] = np.asarray(e.ids[:max_length], dtype=np.int32)
         return ids
 
-    def _passage_ids(self, passages: Sequence[str], max_length: int) -> list[np.ndarray]:
+    def _passage_ids(
+        self, passages: Sequence[str], max_length: int, digests: Sequence[bytes] | None
+    ) -> list[np.ndarray]:
         """Each passage's token ids, cut at ``max_length`` (no pair keeps more), from the
         cache where it has them; the others are tokenized in one ``encode_batch``."""
         found: list[np.ndarray | None] = [None] * len(passages)
         missing: dict[str, list[int]] = {}
-        keys = [(max_length, passage_digest(text)) for text in passages] if self.cache_size else []
+        if not self.cache_size:
+            keys = []
+        else:
+            keys = [(max_length, d) for d in (digests if digests is not None else map(passage_digest, passages))]
         with self._lock:
             for i, text in enumerate(passages):
                 ids = self._passages.get(keys[i]) if self.cache_size else None
