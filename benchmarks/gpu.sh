@@ -17,6 +17,8 @@
 #   OUT             where the plot, JSON and fp16 model go [bench-gpu]
 #   SKIP_INSTALL=1  use $PYTHON (default python3) as it is (onnxruntime-gpu already there)
 #   BENCH_ARGS      more bench options, e.g. "--throughput-queries 50"
+#   FIRST_PASS=0    skip the last step: the fp16 model's first pass over the queries after
+#                   each kind of warm-up (benchmarks/gpu_first_pass.py, about a minute)
 #
 # Never part of CI: it needs a GPU and downloads onnxruntime-gpu with its CUDA wheels.
 set -euo pipefail
@@ -102,3 +104,8 @@ say "es-rerank bench on CUDA: fp32 and fp16"
   --batch-size 256 --max-batch-tokens 65536 --batch-wait-ms 2 \
   --throughput-queries 200 --queries-per-cell 64 --quality \
   --plot "$OUT/gpu.png" --json "$OUT/gpu.json" ${BENCH_ARGS:-} "$@"
+
+if [ "${FIRST_PASS:-1}" != 0 ] && [ -z "${OPENSEARCH_URL:-}" ]; then
+  say "the fp16 model's first pass after each kind of warm-up"
+  "$PY" "$ROOT/benchmarks/gpu_first_pass.py" "$WORK" "$CORPUS" --run "$RUN" --onnx-file model.fp16.onnx
+fi

@@ -161,6 +161,30 @@ def _short(provider: str) -> str:
     return provider.lower().removesuffix("executionprovider")
 
 
+def cuda_warmup_batches(
+    full: Encoded, pad_multiple: int, batch_size: int, max_batch_tokens: int
+) -> list[tuple[list[Pair], int]]:
+    """The batches a CUDA warm-up runs, cut from ``full`` (a pair of max_length tokens).
+
+    Every padded width, at a spread of row counts up to what ``batch_size`` and
+    ``max_batch_tokens`` allow; at each, once with all rows full and once with rows of
+    spread lengths (padded within the width). Requests' batches are padded, and the
+    CUDA attention kernels may take another path with padding than without, loaded the
+    first time it is taken. Only shapes and masks matter here, not the tokens.
+    """
+    ids, types = np.asarray(full.ids), np.asarray(full.type_ids)
+    batches: list[tuple[list[Pair], int]] = []
+    widths = sorted({*range(pad_multiple, len(ids) + 1, pad_multiple), len(ids)})
+    for width in widths:
+        most = max(1, min(batch_size, max_batch_tokens // width))
+        for rows in sorted({most, *(2**i for i in range(most.bit_length()) if 2**i < most)}):
+            batches.append(([Pair(ids[:width], types[:width])] * rows, width))
+            if rows > 1:  # the first row full, the others from the width down to a quarter of it
+                lengths = np.linspace(width, max(1, width // 4), rows).astype(int)
+                batches.append(([Pair(ids[:n], types[:n]) for n in lengths], width))
+    return batches
+
+
 class OnnxReranker:
     """A cross-encoder in ONNX: tokenizer.json + model.onnx -> one score per passage.
 
@@ -176,8 +200,8 @@ class OnnxReranker:
 
     ``variants`` maps a provider (``cpu``, ``cuda``) to another ONNX file of the same
     model used when that provider runs it (an int8 file on CPU, fp16 on CUDA). On
-    CUDA the session is fed through IO binding and warmed up at the largest batch
-    shape at load, so the first request pays no set-up cost. With ``fuse_at_load`` a
+    CUDA the session is fed through IO binding and warmed up at every batch shape at
+    load, so requests pay no set-up cost. With ``fuse_at_load`` a
     graph whose attention is not fused (recent transformers exports) is fused in memory
     before the session is made (:func:`~es_rerank.reranker.optimize.optimized_model_bytes`:
     one Attention node per layer, layer norms, BiasGelu); an already fused or
@@ -417,18 +441,14 @@ class OnnxReranker:
         return found
 
     def _warm_up(self) -> None:
-        """Run the model before the first request. On CUDA at every padded width and a
-        spread of row counts, so kernel loading and arena growth happen here rather than
-        in requests (without a warm-up the first request took 1.1 s on an H200; the warm-up
-        takes about 10 s). On CPU one small batch."""
+        """Run the model before the first request. On CUDA every batch shape a request can
+        take (:func:`cuda_warmup_batches`), so kernel loading and arena growth happen here
+        rather than in requests (without a warm-up the first request took 1.1 s on an H200;
+        the warm-up takes seconds). On CPU one small batch."""
         if self._io_binding:
             (full,) = self._tokenizer.encode_pairs("warm up", ["warm up " * self.max_length], self.max_length)
-            widths = sorted({*range(self.pad_multiple, len(full.ids) + 1, self.pad_multiple), len(full.ids)})
-            for width in widths:  # only the shape matters: the first `width` tokens of a full pair
-                pair = Pair(np.asarray(full.ids[:width]), np.asarray(full.type_ids[:width]))
-                most = max(1, min(self.batch_size, self.max_batch_tokens // width))
-                for n in sorted({most, *(2**i for i in range(most.bit_length()) if 2**i < most)}):
-                    self._run_batch([pair] * n, width)
+            for pairs, width in cuda_warmup_batches(full, self.pad_multiple, self.batch_size, self.max_batch_tokens):
+                self._run_batch(pairs, width)
         encodings = self._tokenizer.encode_pairs("warm up", ["warm up"], self.max_length)
         self._run_batch(encodings, len(encodings[0].ids))
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from es_rerank.reranker import OnnxReranker
+from es_rerank.reranker._onnx import cuda_warmup_batches
 from es_rerank.reranker._tokenize import iter_batches, padded_width, plan_batches
 
 QUERY = "vitamin d deficiency and the risk of multiple sclerosis"
@@ -104,16 +105,38 @@ def test_iter_batches_pads_to_a_multiple_of_8(tiny_model_dir):
 
 
 def test_cuda_warm_up_runs_every_padded_width(tiny_model_dir):
-    """On CUDA each new shape may load kernels: the warm-up covers every width a batch can take."""
+    """On CUDA each new shape, and padding within a batch, may load kernels: the warm-up
+    covers every width a batch can take, with full rows and with padded rows."""
     with OnnxReranker(
         "tiny", tiny_model_dir / "model.onnx", tiny_model_dir / "tokenizer.json",
         max_length=64, batch_size=16, max_batch_tokens=256, warmup=False,
     ) as reranker:  # fmt: skip
-        shapes = []
+        runs = []
         reranker._io_binding = True  # as on CUDA; the runs are recorded, not executed
-        reranker._run_batch = lambda pairs, width: shapes.append((len(pairs), width)) or np.zeros(len(pairs))
+        reranker._run_batch = lambda pairs, width: runs.append((width, [len(p.ids) for p in pairs])) or np.zeros(len(pairs))
         reranker._warm_up()
+    shapes = [(len(lengths), width) for width, lengths in runs]
     widths = {w for _, w in shapes}
     assert set(range(8, 65, 8)) <= widths
     assert (16, 8) in shapes and (4, 64) in shapes and (1, 64) in shapes  # most rows the budget allows, and one
     assert all(rows * width <= 256 or rows == 1 for rows, width in shapes)
+    for width, lengths in runs:
+        assert max(lengths) == width and min(lengths) >= 1  # the widest row sets the width, as in a request
+    for width in widths:
+        row_counts = {len(lengths) for w, lengths in runs if w == width and len(lengths) > 1}
+        full = {len(lengths) for w, lengths in runs if w == width and len(lengths) > 1 and min(lengths) == width}
+        padded = {len(lengths) for w, lengths in runs if w == width and min(lengths) < width}
+        assert full == padded == row_counts  # each row count with full rows and with padded rows
+
+
+def test_cuda_warm_up_batches_run_on_the_model(tiny_model_dir):
+    """The warm-up batches are valid model input: padded rows score as they do alone."""
+    with OnnxReranker(
+        "tiny", tiny_model_dir / "model.onnx", tiny_model_dir / "tokenizer.json", max_length=64, warmup=False
+    ) as reranker:  # fmt: skip
+        (full,) = reranker._tokenizer.encode_pairs("warm up", ["warm up " * 64], 64)
+        batches = cuda_warmup_batches(full, 8, 16, 256)
+        pairs, width = next(b for b in batches if len(b[0]) == 4 and b[1] == 64 and len(b[0][-1].ids) < 64)
+        together = reranker._run_batch(pairs, width)
+        alone = [reranker._run_batch([p], len(p.ids))[0] for p in pairs]
+    np.testing.assert_allclose(together, alone, atol=1e-5)

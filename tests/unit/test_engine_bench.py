@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -144,3 +145,18 @@ def test_peers_without_their_libraries_say_what_to_install(beir, model_dir, monk
     data = load_bench_data(beir, run_file=beir / "run.json", k=2)
     with pytest.raises(BenchError, match=r"es-rerank\[peers\]"):
         run_bench(model_dir, data, ks=[2], peers=["torch"], latency=False, throughput_queries=1, matmul_n=64)
+
+
+def test_the_first_pass_script_runs_on_cpu(beir, model_dir):
+    """benchmarks/gpu_first_pass.py is meant for a GPU; here it is checked on CPU, so it is ready."""
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_first_pass.py"
+    args = [
+        sys.executable, str(script), str(model_dir), str(beir), "--run", str(beir / "run.json"),
+        "--onnx-file", "model.onnx", "--provider", "cpu", "--k", "5", "--batch-size", "4", "--max-batch-tokens", "256",
+    ]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if " pass " in line]
+    assert [line.split(" warm-up ")[1].split()[0] for line in lines] == ["none", "none", "full", "full", "padded", "padded"]
+    bad = subprocess.run(args + ["--warmup", "tepid"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "tepid" in bad.stderr
