@@ -191,7 +191,7 @@ class OnnxReranker:
     One ONNX Runtime session per model (thread-safe, shared by every request), with
     graph optimisations on and intra-op threads set to the physical cores. A call
     first looks its passages up in an LRU score cache (model, max length, query text,
-    hash of the passage text), then tokenizes the rest (``encode_batch``,
+    hash of the passage text), then tokenizes the rest (``encode_batch_fast``,
     ``only_second`` truncation) off the event loop, and hands the pairs to the
     model's batcher thread, which sorts them by length, pads each run to a multiple of
     8 and sizes runs by a token budget, merging pairs of concurrent calls into one

@@ -1,8 +1,9 @@
 """(query, passage) pairs -> padded numpy batches, with a Hugging Face tokenizer.json.
 
-Pairs are encoded with ``encode_batch`` and ``only_second`` truncation (the passage
-is cut, never the query), sorted by token length and padded per batch, so a batch of
-short passages is not padded to the longest passage of the request.
+Pairs are encoded with ``encode_batch_fast`` (no character offsets) and
+``only_second`` truncation (the passage is cut, never the query), sorted by token
+length and padded per batch, so a batch of short passages is not padded to the
+longest passage of the request.
 
 A passage's tokens do not depend on the query, so they are computed once and kept
 (an LRU keyed by a digest of the passage text): a pair is then the query's part of the template,
@@ -10,7 +11,7 @@ the passage's ids cut to what is left, and the template's tail, put together wit
 numpy. Tokenizing a long passage costs far more than running a small model over it on
 a GPU, and the same documents come back query after query. The layout is read off the
 tokenizer's own post-processor for each query and checked, and a tokenizer whose
-template does not keep the passage in one piece falls back to ``encode_batch``.
+template does not keep the passage in one piece falls back to ``encode_batch_fast``.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ class PairTokenizer:
         self.cache_hits = 0
         self.cache_misses = 0
         self._probe = tokenizer.encode(_PROBE, add_special_tokens=False)
-        self._templated = bool(self._probe.ids)  # False: every call goes through encode_batch
+        self._templated = bool(self._probe.ids)  # False: every call goes through encode_batch_fast
 
     def min_length(self) -> int:
         """The smallest max_length that leaves one token to the query and one to the passage."""
@@ -189,7 +190,7 @@ class PairTokenizer:
                 layout = self._layout(tokenizer, query, max_length)
                 if layout is not None:
                     return [layout.pair(ids) for ids in self._passage_ids(passages, max_length, digests)]
-            return tokenizer.encode_batch([(query, passage) for passage in passages])
+            return tokenizer.encode_batch_fast([(query, passage) for passage in passages])
         except Exception as exc:
             raise ModelError(f"cannot tokenize with {self.path}: {exc}") from None
 
@@ -225,11 +226,11 @@ class PairTokenizer:
         for text in texts:
             cut = text.rfind(" ", 0, limit) if len(text) > limit else -1
             heads.append(text[:cut] if cut > 0 else text)
-        encodings = self._plain.encode_batch(heads, add_special_tokens=False)
+        encodings = self._plain.encode_batch_fast(heads, add_special_tokens=False)  # no offsets: ~20% faster
         ids = [np.asarray(e.ids[:max_length], dtype=np.int32) for e in encodings]  # int32 halves the cache
         short = [i for i, (head, text) in enumerate(zip(heads, texts)) if len(ids[i]) < max_length and head is not text]
         if short:
-            for i, e in zip(short, self._plain.encode_batch([texts[i] for i in short], add_special_tokens=False)):
+            for i, e in zip(short, self._plain.encode_batch_fast([texts[i] for i in short], add_special_tokens=False)):
                 ids[i] = np.asarray(e.ids[:max_length], dtype=np.int32)
         return ids
 
@@ -237,7 +238,7 @@ class PairTokenizer:
         self, passages: Sequence[str], max_length: int, digests: Sequence[bytes] | None
     ) -> list[np.ndarray]:
         """Each passage's token ids, cut at ``max_length`` (no pair keeps more), from the
-        cache where it has them; the others are tokenized in one ``encode_batch``."""
+        cache where it has them; the others are tokenized in one ``encode_batch_fast``."""
         found: list[np.ndarray | None] = [None] * len(passages)
         missing: dict[str, list[int]] = {}
         if not self.cache_size:
