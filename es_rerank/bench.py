@@ -294,14 +294,25 @@ ScoreFn = Callable[[str, list[str]], Any]
 
 @dataclass
 class _Contender:
+    """A peer (``peer_score``) or an es-rerank engine, timed side by side."""
+
     label: str
-    score: ScoreFn
-    kind: str  # "engine" or "peer"
+    peer_score: ScoreFn | None = None
+    engine: OnnxReranker | None = None
     seconds: float = 0.0
     per_query: list[float] = field(default_factory=list)
     pairs: int = 0
     stats: ScoreStats | None = None  # an engine's tokenize/model split, summed over the timed calls
-    engine: OnnxReranker | None = None
+
+    @property
+    def kind(self) -> str:
+        return "engine" if self.engine is not None else "peer"
+
+    def score(self, query: str, passages: list[str]) -> Any:
+        if self.engine is not None:
+            return self.engine.score(query, passages, stats=self.stats)
+        assert self.peer_score is not None
+        return self.peer_score(query, passages)
 
 
 def _peer_contenders(hf_dir: Path, threads: int, max_length: int, batch_size: int, which: Sequence[str]) -> list[_Contender]:
@@ -325,7 +336,7 @@ def _peer_contenders(hf_dir: Path, threads: int, max_length: int, batch_size: in
             with torch.inference_mode():
                 return m.predict([(query, p) for p in passages], batch_size=batch_size, show_progress_bar=False)
 
-        contenders.append(_Contender("sentence-transformers torch", torch_score, "peer"))
+        contenders.append(_Contender("sentence-transformers torch", peer_score=torch_score))
     if "onnx" in which:
         try:
             import onnxruntime as ort
@@ -349,7 +360,7 @@ def _peer_contenders(hf_dir: Path, threads: int, max_length: int, batch_size: in
         def onnx_score(query: str, passages: list[str], m: Any = onnx_model) -> Any:
             return m.predict([(query, p) for p in passages], batch_size=batch_size, show_progress_bar=False)
 
-        contenders.append(_Contender("sentence-transformers onnx", onnx_score, "peer"))
+        contenders.append(_Contender("sentence-transformers onnx", peer_score=onnx_score))
     return contenders
 
 
@@ -595,9 +606,7 @@ def run_bench(
         contenders: list[_Contender] = []
         if throughput:
             for name, e in engines:
-                c = _Contender(f"es-rerank {name}", lambda q, p: None, "engine", engine=e)
-                c.score = lambda q, p, e=e, c=c: e.score(q, p, stats=c.stats)
-                contenders.append(c)
+                contenders.append(_Contender(f"es-rerank {name}", engine=e))
         if peers and throughput:
             say(f"loading peers: {', '.join(peers)}")
             contenders += _peer_contenders(Path(hf_dir or model_dir / "hf"), threads, max_length, batch_size, peers)
