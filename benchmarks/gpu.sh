@@ -18,7 +18,8 @@
 #   SKIP_INSTALL=1  use $PYTHON (default python3) as it is (onnxruntime-gpu already there)
 #   BENCH_ARGS      more bench options, e.g. "--throughput-queries 50"
 #   FIRST_PASS=0    skip the last step: the fp16 model's first pass over the queries after
-#                   each kind of warm-up (benchmarks/gpu_first_pass.py, about a minute)
+#                   each kind of warm-up, profiled (benchmarks/gpu_first_pass.py, about a
+#                   minute; ONNX Runtime's profiles go to $OUT/profiles)
 #
 # Never part of CI: it needs a GPU and downloads onnxruntime-gpu with its CUDA wheels.
 set -euo pipefail
@@ -107,5 +108,7 @@ say "es-rerank bench on CUDA: fp32 and fp16"
 
 if [ "${FIRST_PASS:-1}" != 0 ] && [ -z "${OPENSEARCH_URL:-}" ]; then
   say "the fp16 model's first pass after each kind of warm-up"
-  "$PY" "$ROOT/benchmarks/gpu_first_pass.py" "$WORK" "$CORPUS" --run "$RUN" --onnx-file model.fp16.onnx
+  mkdir -p "$OUT/profiles"
+  "$PY" "$ROOT/benchmarks/gpu_first_pass.py" "$WORK" "$CORPUS" --run "$RUN" --onnx-file model.fp16.onnx \
+    --profile --profile-dir "$OUT/profiles"
 fi

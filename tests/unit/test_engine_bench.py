@@ -147,7 +147,7 @@ def test_peers_without_their_libraries_say_what_to_install(beir, model_dir, monk
         run_bench(model_dir, data, ks=[2], peers=["torch"], latency=False, throughput_queries=1, matmul_n=64)
 
 
-def test_the_first_pass_script_runs_on_cpu(beir, model_dir):
+def test_the_first_pass_script_runs_on_cpu(beir, model_dir, tmp_path):
     """benchmarks/gpu_first_pass.py is meant for a GPU; here it is checked on CPU, so it is ready."""
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_first_pass.py"
     args = [
@@ -158,5 +158,11 @@ def test_the_first_pass_script_runs_on_cpu(beir, model_dir):
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if " pass " in line]
     assert [line.split(" warm-up ")[1].split()[0] for line in lines] == ["none", "none", "full", "full", "padded", "padded"]
+    profiled = subprocess.run(
+        args + ["--warmup", "none", "--profile", "--profile-dir", str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert profiled.returncode == 0, profiled.stderr
+    assert "slowest runs of pass 1" in profiled.stdout and " ms; nodes " in profiled.stdout
+    assert len(list(tmp_path.glob("first-pass-model-none*.json"))) == 1
     bad = subprocess.run(args + ["--warmup", "tepid"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "tepid" in bad.stderr
