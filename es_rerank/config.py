@@ -97,7 +97,7 @@ class ModelSettings(_Strict):
     token_cache_size: int = Field(
         20_000, ge=0, description="passages whose token ids are kept (LRU), so a document seen again is not re-tokenized; 0 = off"
     )
-    warmup: bool = Field(True, description="run the model at load (on CUDA every batch shape, with full and padded rows, so no request pays kernel loading)")
+    warmup: bool = Field(True, description="run the model at load (on CUDA every padded width, with full and padded rows, so no request pays kernel loading)")
     fuse_at_load: bool = Field(
         True, description="fuse an unfused transformer graph (attention, layer norms) in memory at load; needs the onnx package"
     )

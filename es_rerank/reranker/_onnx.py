@@ -200,8 +200,8 @@ class OnnxReranker:
 
     ``variants`` maps a provider (``cpu``, ``cuda``) to another ONNX file of the same
     model used when that provider runs it (an int8 file on CPU, fp16 on CUDA). On
-    CUDA the session is fed through IO binding and warmed up at every batch shape at
-    load, so requests pay no set-up cost. With ``fuse_at_load`` a
+    CUDA the session is fed through IO binding and warmed up at load at every padded
+    width, so requests pay no set-up cost. With ``fuse_at_load`` a
     graph whose attention is not fused (recent transformers exports) is fused in memory
     before the session is made (:func:`~es_rerank.reranker.optimize.optimized_model_bytes`:
     one Attention node per layer, layer norms, BiasGelu); an already fused or
@@ -441,8 +441,8 @@ class OnnxReranker:
         return found
 
     def _warm_up(self) -> None:
-        """Run the model before the first request. On CUDA every batch shape a request can
-        take (:func:`cuda_warmup_batches`), so kernel loading and arena growth happen here
+        """Run the model before the first request. On CUDA every padded width at a spread
+        of row counts, full and padded (:func:`cuda_warmup_batches`), so kernel loading and arena growth happen here
         rather than in requests (without a warm-up the first request took 1.1 s on an H200;
         the warm-up takes seconds). On CPU one small batch."""
         if self._io_binding:
