@@ -258,7 +258,7 @@ class OnnxReranker:
             if not path.is_file():
                 raise ModelError(f"model {name!r}: {kind} file {path} does not exist")
 
-        self._tokenizer = PairTokenizer(self.tokenizer_path, cache_size=token_cache_size)
+        self._tokenizer = PairTokenizer(self.tokenizer_path, cache_size=token_cache_size, threads=physical_cores())
         self.max_length = self._check_max_length(max_length)
         self._tokenizer.prepare(self.max_length)
         self.batch_size = batch_size
@@ -691,6 +691,7 @@ class OnnxReranker:
         self._session = None
         self._batcher.close(ModelError(f"model {self.name!r} is closed"))
         self._prepare_pool.shutdown(wait=False, cancel_futures=True)
+        self._tokenizer.close()
 
     def __enter__(self) -> "OnnxReranker":
         return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -100,10 +101,11 @@ def _word_level(tmp_path: Path, processor) -> Path:
         ),
     ],
 )
-def test_other_templates_give_the_tokenizers_pairs(tmp_path, processor):
+@pytest.mark.parametrize("threads", [1, 3])
+def test_other_templates_give_the_tokenizers_pairs(tmp_path, processor, threads):
     path = _word_level(tmp_path, processor)
-    passages = ["a b c d e f g h " * 5, "b", "", "zzz unknown words"]
-    tokenizer = PairTokenizer(path)
+    passages = ["a b c d e f g h " * 5, "b", "", "zzz unknown words"] * 3  # with 3 threads: 3 shares
+    tokenizer = PairTokenizer(path, threads=threads)
     for max_length in (6, 12, 40):
         for _ in range(2):
             assert _got(tokenizer.encode_pairs("query a b", passages, max_length)) == _reference(
@@ -139,3 +141,35 @@ def test_long_passages_cut_before_tokenizing_give_the_same_pairs(monkeypatch, ch
     for max_length in (32, 256):
         tokenizer = PairTokenizer(BERT)
         assert _got(tokenizer.encode_pairs(QUERIES[0], passages, max_length)) == _reference(BERT, QUERIES[0], passages, max_length)
+
+
+class _Recording:
+    """A tokenizer stand-in that notes which thread each batch call ran on."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self.calls: list[tuple[str, int]] = []
+
+    def encode_batch_fast(self, inputs, **options):
+        self.calls.append((threading.current_thread().name, len(inputs)))
+        return self._tokenizer.encode_batch_fast(inputs, **options)
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+
+def test_many_passages_are_tokenized_on_the_tokenizers_threads_with_the_same_pairs():
+    passages = [f"passage {i}: " + PASSAGES[i % len(PASSAGES)] for i in range(40)]
+    want = _reference(BERT, QUERIES[0], passages, 128)
+    tokenizer = PairTokenizer(BERT, cache_size=0, threads=3)
+    recording = tokenizer._plain = _Recording(tokenizer._plain)
+    assert _got(tokenizer.encode_pairs(QUERIES[0], passages, 128)) == want
+    assert sorted(n for _, n in recording.calls) == [12, 14, 14]  # 40 passages in three shares
+    assert all(name.startswith("tokenize") for name, _ in recording.calls)
+    recording.calls.clear()
+    tokenizer.encode_pairs(QUERIES[0], passages[:4], 128)  # too few to share out
+    assert [n for _, n in recording.calls] == [4] and not recording.calls[0][0].startswith("tokenize")
+    tokenizer.close()  # later calls tokenize on the caller's thread
+    assert _got(tokenizer.encode_pairs(QUERIES[0], passages, 128)) == want
+    with pytest.raises(ValueError, match="threads"):
+        PairTokenizer(BERT, threads=0)
