@@ -429,6 +429,8 @@ class BenchResult:
     cells: list[CellResult] = field(default_factory=list)
     quality: list[QualityResult] = field(default_factory=list)
     cell_token_cache_hit_rate: dict[str, float] = field(default_factory=dict)  # per engine, over its latency cells
+    # the tokenizers library's own parallelism (off where "false"); the engine tokenizes on its threads either way
+    tokenizers_parallelism: str = field(default_factory=lambda: os.environ.get("TOKENIZERS_PARALLELISM", "unset"))
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -718,7 +720,8 @@ def format_report(result: BenchResult) -> str:
     shape = result.model_shape
     out.append(
         f"provider {result.provider}, {result.threads} thread(s); model {shape.layers} layers, hidden {shape.hidden}, "
-        f"intermediate {shape.intermediate}; batches of <= {result.max_batch_tokens} tokens, wait {result.batch_wait_ms:g} ms"
+        f"intermediate {shape.intermediate}; batches of <= {result.max_batch_tokens} tokens, wait {result.batch_wait_ms:g} ms; "
+        f"TOKENIZERS_PARALLELISM {result.tokenizers_parallelism}"
     )
     if result.throughput:
         out.append(
