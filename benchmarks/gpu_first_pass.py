@@ -5,7 +5,10 @@ A fresh process and session per (ONNX file, warm-up), each with a CUDA JIT cache
 own, so nothing one loads helps the next; then every query's pairs are batched as the
 engine batches them (longest first, padded to a multiple of 8, rows and tokens capped)
 and run twice over, the model alone, each batch timed. A query is slow when its model
-time is over twice the median of the second pass plus 5 ms. Warm-ups:
+time is over twice the median of the second pass plus 5 ms. Last, a pass through the
+engine itself (``score``: tokenize, batch, run) with its token cache emptied, timing
+garbage collections too: the kernels are loaded by then, so what is slow there is slow
+in Python. Warm-ups:
 
   none     one small batch, as on CPU
   full     every width and row count, all rows full (the engine's warm-up before padded rows)
@@ -30,6 +33,7 @@ the attention kernel it picks.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -41,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from es_rerank.bench import load_bench_data
-from es_rerank.reranker import OnnxReranker
+from es_rerank.reranker import OnnxReranker, ScoreStats
 from es_rerank.reranker._onnx import cuda_warmup_batches, import_onnxruntime
 from es_rerank.reranker.optimize import CPU_DISABLED_OPTIMIZERS
 from es_rerank.reranker._tokenize import plan_batches
@@ -101,6 +105,32 @@ def slowest_runs(profile: Path, first: int, shapes: list[tuple[int, int, int]], 
         print(f"    run {number} (q{query}, {rows} x {width}): {run['dur'] / 1000:.1f} ms; nodes {sum(e['dur'] for e in inside) / 1000:.1f} ms: {worst}", flush=True)
 
 
+def engine_pass(engine: OnnxReranker, searches: list[tuple[str, list[str]]]) -> list[tuple[float, float, float, float]]:
+    """``engine.score`` on each search: (total, tokenize, model, garbage collection) ms.
+
+    With the kernels loaded by the passes before, a slow search here is slow in Python:
+    tokenizing, or a garbage collection while the token cache fills."""
+    paused = [0.0]
+    started: list[float] = []
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            started.append(time.perf_counter())
+        elif started:
+            paused[0] += (time.perf_counter() - started.pop()) * 1000
+
+    rows = []
+    gc.callbacks.append(on_gc)
+    try:
+        for query, passages in searches:
+            stats, before, t0 = ScoreStats(), paused[0], time.perf_counter()
+            engine.score(query, passages, stats=stats)
+            rows.append(((time.perf_counter() - t0) * 1000, stats.tokenize_ms, stats.inference_ms, paused[0] - before))
+    finally:
+        gc.callbacks.remove(on_gc)
+    return rows
+
+
 def summary(times: list[float]) -> str:
     a = np.asarray(times)
     return f"p50 {np.percentile(a, 50):7.2f}  p95 {np.percentile(a, 95):7.2f}  max {a.max():8.2f} ms"
@@ -135,12 +165,20 @@ def measure(args: argparse.Namespace, onnx_file: str, kind: str, cuda_options: d
         passes = [[model_ms(engine, e, r) for e, r in queries]]
         profile = Path(engine._session.end_profiling()) if args.profile else None  # pass 1 only
         passes.append([model_ms(engine, e, r) for e, r in queries])
+        engine.clear_token_cache()
+        rows = engine_pass(engine, [(data.queries[q], data.pairs_for(q, args.k)) for q in qids])
     bound = 2 * float(np.median(passes[1])) + 5
     label = f"{onnx_file} {engine.provider} warm-up {kind} ({took:.1f} s)"
     for number, times in enumerate(passes, 1):
         slow = [(i, t) for i, t in enumerate(times) if t > bound]
         shown = ", ".join(f"q{i}: {t:.0f} ms" for i, t in slow[:8])
         print(f"{label} pass {number}: {summary(times)}  slow (> {bound:.1f} ms): {len(slow)} {shown}", flush=True)
+    totals = [row[0] for row in rows]
+    bound = 2 * float(np.median(totals)) + 5
+    slow = [(i, row) for i, row in enumerate(rows) if row[0] > bound]
+    shown = ", ".join(f"q{i}: {t:.0f} ms (tokenize {tok:.0f}, model {m:.0f}, gc {g:.0f})" for i, (t, tok, m, g) in slow[:8])
+    print(f"{label} engine pass, cold token cache: {summary(totals)}  gc {sum(r[3] for r in rows):.0f} ms in all"
+          f"  slow (> {bound:.1f} ms): {len(slow)} {shown}", flush=True)  # fmt: skip
     if profile is not None:
         shapes = [(i, len(positions), width) for i, (_, runs) in enumerate(queries) for positions, width in runs]
         print(f"  {profile}: slowest runs of pass 1", flush=True)

@@ -158,6 +158,7 @@ def test_the_first_pass_script_runs_on_cpu(beir, model_dir, tmp_path):
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if " pass " in line]
     assert [line.split(" warm-up ")[1].split()[0] for line in lines] == ["none", "none", "full", "full", "padded", "padded"]
+    assert done.stdout.count("engine pass, cold token cache") == 3
     profiled = subprocess.run(
         args + ["--warmup", "none", "--profile", "--profile-dir", str(tmp_path)], capture_output=True, text=True, timeout=300
     )
