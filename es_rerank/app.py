@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .config import IndexSettings, Settings
-from .errors import RerankError, error_body
+from .errors import ModelOverloadedError, RerankError, error_body
 from .passages import aggregate_scores, hit_text, split_passages
 from .reranker import OnnxReranker, Reranker, ScoreStats
 from .metrics import CONTENT_TYPE_LATEST, Metrics, RequestTimings
@@ -348,12 +348,16 @@ class RerankProxy:
         passages = [hit_text(h, spec.fields, spec.template) for h in window_hits(plan, data)]
         stats = timings.stats
         t0 = time.perf_counter()
+        timeout = self.settings.server.rerank_timeout
+        deadline = t0 + timeout if self.settings.server.shed_overload else None
         try:
             scores = await asyncio.wait_for(
-                self._score_passages(reranker, plan.query, passages, spec, stats),
-                timeout=self.settings.server.rerank_timeout,
+                self._score_passages(reranker, plan.query, passages, spec, stats, deadline), timeout=timeout
             )
             outcome = ("reranked", "reranked")
+        except ModelOverloadedError as exc:
+            logger.info("%s; answering first-stage order", exc)
+            scores, outcome = None, ("fallback", "overloaded")
         except asyncio.TimeoutError:
             logger.warning("rerank timed out after %.1fs; answering first-stage order", self.settings.server.rerank_timeout)
             scores, outcome = None, ("fallback", "rerank_timeout")
@@ -365,16 +369,22 @@ class RerankProxy:
 
     @staticmethod
     async def _score_passages(
-        reranker: Reranker, query: str, passages: list[str], spec: IndexSettings, stats: ScoreStats
+        reranker: Reranker, query: str, passages: list[str], spec: IndexSettings, stats: ScoreStats,
+        deadline: float | None = None,
     ) -> np.ndarray:
+        """The model's scores; ``deadline`` (``time.perf_counter()``) lets it refuse a call it cannot make in time."""
         kwargs = {"max_length": spec.max_tokens, "batch_size": spec.batch_size, "stats": stats}
         if spec.chunking.mode == "truncate":
-            return await reranker.ascore(query, passages, **kwargs)
+            return await reranker.ascore(query, passages, **kwargs, budget_s=_left(deadline))
         max_length = spec.max_tokens or int(reranker.info()["max_length"])
         # Tokenizing every passage is CPU work: keep it off the event loop.
         chunks, owners = await asyncio.to_thread(split_passages, passages, query, spec.chunking, reranker, max_length)
-        chunk_scores = await reranker.ascore(query, chunks, **kwargs)
+        chunk_scores = await reranker.ascore(query, chunks, **kwargs, budget_s=_left(deadline))
         return aggregate_scores(chunk_scores, owners, len(passages), spec.chunking.aggregate, spec.chunking.top_n)
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - time.perf_counter()
 
 
 def create_app(

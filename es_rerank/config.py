@@ -177,6 +177,11 @@ class ServerSettings(_Strict):
     rerank_timeout: float = Field(
         10.0, gt=0, description="seconds for scoring; past it the first-stage order is answered"
     )
+    shed_overload: bool = Field(
+        True,
+        description="answer first-stage order at once when the model's queue would not score the search "
+        "within rerank_timeout at the rate it has been running; false: queue it and wait out the timeout",
+    )
 
 
 class Settings(_Strict):

@@ -16,6 +16,7 @@ __all__ = [
     "BadRequestError",
     "UnknownModelError",
     "ModelError",
+    "ModelOverloadedError",
     "UpstreamError",
     "UpstreamUnavailableError",
     "UpstreamTimeoutError",
@@ -67,6 +68,13 @@ class ModelError(RerankError):
     """A model could not be loaded or run (missing file, missing onnxruntime...)."""
 
     type = "rerank_model_exception"
+
+
+class ModelOverloadedError(ModelError):
+    """A model's queue would not score a call within its time budget: the call was not queued."""
+
+    status = 503
+    type = "rerank_model_overloaded_exception"
 
 
 class UpstreamError(RerankError):

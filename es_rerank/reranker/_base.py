@@ -37,8 +37,10 @@ class Reranker(Protocol):
         max_length: int | None = None,
         batch_size: int | None = None,
         stats: ScoreStats | None = None,
+        budget_s: float | None = None,
     ) -> np.ndarray:
-        """:meth:`score` without blocking the event loop."""
+        """:meth:`score` without blocking the event loop; with ``budget_s``, a call that
+        would not be scored within that many seconds raises ``ModelOverloadedError``."""
         ...
 
     def info(self) -> dict[str, Any]:

@@ -16,6 +16,12 @@ robin would make every request finish as late as the last one; oldest first lets
 the first requests finish first while the later ones queue, which is what a
 deadline-bound caller wants. A job whose future is cancelled (the caller timed out
 and stopped waiting) is dropped before its next run, so it costs no more model time.
+
+A job may come with a deadline. The batcher keeps the model's time per token, measured
+on runs that fill at least half the token budget (what runs look like when work
+queues up). A job the queue ahead of it and its own tokens would take past its
+deadline at that rate is refused (:class:`Overloaded`) rather than queued, so its
+caller can answer at once instead of after waiting out its deadline.
 """
 
 from __future__ import annotations
@@ -32,12 +38,21 @@ import numpy as np
 from ._stats import ScoreStats
 from ._tokenize import Encoded, padded_width
 
-__all__ = ["Job", "Batcher"]
+__all__ = ["Job", "Batcher", "Overloaded"]
 
 logger = logging.getLogger("es_rerank.reranker")
 
 # (encodings of one run, padded width) -> one float32 score per encoding
 RunBatch = Callable[[Sequence[Encoded], int], np.ndarray]
+
+
+class Overloaded(Exception):
+    """The job would finish past its deadline: it was not queued."""
+
+    def __init__(self, wait_s: float, left_s: float) -> None:
+        super().__init__(f"the model would take about {wait_s:.1f} s for it, {max(left_s, 0):.1f} s are left")
+        self.wait_s = wait_s
+        self.left_s = left_s
 
 
 class Job:
@@ -70,6 +85,9 @@ class Job:
 
     def pending_tokens(self) -> int:
         return int(self.lengths[self.order[self.next :]].sum())
+
+    def tokens(self) -> int:
+        return int(self.lengths.sum())
 
 
 def _settle(future: Future, *, result: np.ndarray | None = None, error: BaseException | None = None) -> None:
@@ -106,6 +124,10 @@ class Batcher:
         self.incoming = incoming
         self.runs = 0  # model runs so far
         self.merged_runs = 0  # runs that carried pairs of more than one job
+        self.refused = 0  # jobs refused: they would have finished past their deadline
+        # seconds a token on runs of at least half the budget (moving average), None until one ran
+        self.seconds_per_token: float | None = None
+        self._running_tokens = 0
         self._pending: deque[Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -114,15 +136,32 @@ class Batcher:
 
     # -- callers ---------------------------------------------------------------------
 
-    def submit(self, job: Job) -> Future:
-        """Queue ``job``; its future gets the scores in the order of its encodings."""
+    def submit(self, job: Job, deadline: float | None = None) -> Future:
+        """Queue ``job``; its future gets the scores in the order of its encodings.
+
+        With a ``deadline`` (a ``time.perf_counter()`` value), a job the model would
+        finish past it is refused with :class:`Overloaded` instead.
+        """
         with self._cond:
             if self._closed:
                 raise RuntimeError("batcher is closed")
-            job.submitted = time.perf_counter()
+            now = time.perf_counter()
+            if deadline is not None:
+                wait = self._estimated_s(job.tokens())
+                if wait is not None and now + wait > deadline:
+                    self.refused += 1
+                    raise Overloaded(wait, deadline - now)
+            job.submitted = now
             self._pending.append(job)
             self._cond.notify()
         return job.future
+
+    def _estimated_s(self, tokens: int) -> float | None:
+        """Seconds until ``tokens`` more would be scored, behind the run and the queue (lock held)."""
+        if self.seconds_per_token is None:
+            return None
+        queued = self._running_tokens + sum(job.pending_tokens() for job in self._pending)
+        return (queued + tokens) * self.seconds_per_token
 
     def poke(self) -> None:
         """Wake the thread: a call it may be waiting for will not come (or came)."""
@@ -210,7 +249,10 @@ class Batcher:
                 for job, _ in taken:
                     if job.next >= len(job.order):
                         self._pending.remove(job)
+                self._running_tokens = sum(int(job.lengths[positions].sum()) for job, positions in taken)
             self._run(taken)
+            with cond:
+                self._running_tokens = 0
 
     def _run(self, taken: list[tuple[Job, np.ndarray]]) -> None:
         encodings = [job.encodings[p] for job, positions in taken for p in positions]
@@ -235,6 +277,10 @@ class Batcher:
                 raise
             return
         finished = time.perf_counter()
+        if len(encodings) * width * 2 >= self.max_tokens:  # a full run: the rate work queued up drains at
+            per_token = (finished - started) / max(1, self._running_tokens)
+            last = self.seconds_per_token
+            self.seconds_per_token = per_token if last is None else 0.8 * last + 0.2 * per_token
         self.runs += 1
         merged = len(taken) > 1
         self.merged_runs += merged

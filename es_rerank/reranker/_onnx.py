@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import ModelError
-from ._batcher import Batcher, Job
+from ..errors import ModelError, ModelOverloadedError
+from ._batcher import Batcher, Job, Overloaded
 from ._cache import ScoreCache
 from ._stats import ScoreStats
 from ._tokenize import INPUT_NAMES, Encoded, Pair, PairTokenizer, make_feeds
@@ -564,19 +564,24 @@ class OnnxReranker:
         max_length: int | None = None,
         batch_size: int | None = None,
         stats: ScoreStats | None = None,
+        budget_s: float | None = None,
     ) -> np.ndarray:
         """:meth:`score` without blocking the event loop: tokenizing and inference run on
         this model's threads.
 
         Cancelling the awaiting task (``asyncio.wait_for`` past its timeout) drops the
         pairs of the call not yet run, so a timed-out request costs no further model time.
+        With ``budget_s``, a call the model's queue would not score within that many
+        seconds (at the rate it has been running) raises :class:`ModelOverloadedError`
+        as soon as it is tokenized, without being queued.
         """
         if self._session is None:
             raise ModelError(f"model {self.name!r} is closed")
         loop = asyncio.get_running_loop()
         ticket = _Ticket()
+        deadline = None if budget_s is None else time.perf_counter() + budget_s
         prepare = functools.partial(
-            self._prepare_and_submit, ticket, query, list(passages), max_length, batch_size, stats or ScoreStats()
+            self._prepare_and_submit, ticket, deadline, query, list(passages), max_length, batch_size, stats or ScoreStats()
         )
         self._arriving(+1)
         try:
@@ -588,7 +593,7 @@ class OnnxReranker:
             await asyncio.wrap_future(future)  # cancelling this cancels the job's future
         return self._finish(call)
 
-    def _prepare_and_submit(self, ticket: "_Ticket", *args: Any) -> tuple[_Call, Any] | None:
+    def _prepare_and_submit(self, ticket: "_Ticket", deadline: float | None, *args: Any) -> tuple[_Call, Any] | None:
         """On the tokenizer pool: cache, tokenize, hand over; nothing when the caller left."""
         with ticket.lock:
             if ticket.state == "abandoned":
@@ -596,7 +601,7 @@ class OnnxReranker:
             ticket.state = "running"
         try:
             call = self._prepare(*args)
-            future = self._submit(call.job) if call.job is not None else None
+            future = self._submit(call.job, deadline) if call.job is not None else None
             with ticket.lock:
                 abandoned = ticket.state == "abandoned"
                 ticket.state, ticket.future = "done", future
@@ -623,9 +628,11 @@ class OnnxReranker:
         if delta < 0:
             self._batcher.poke()
 
-    def _submit(self, job: Job) -> Any:
+    def _submit(self, job: Job, deadline: float | None = None) -> Any:
         try:
-            return self._batcher.submit(job)
+            return self._batcher.submit(job, deadline)
+        except Overloaded as exc:
+            raise ModelOverloadedError(f"model {self.name!r} is overloaded: {exc}") from None
         except RuntimeError:
             raise ModelError(f"model {self.name!r} is closed") from None
 
@@ -682,6 +689,8 @@ class OnnxReranker:
             "allow_spinning": self.allow_spinning,
             "runs": self._batcher.runs,
             "merged_runs": self._batcher.merged_runs,
+            "refused": self._batcher.refused,
+            "seconds_per_token": self._batcher.seconds_per_token,
             "cache": self.cache.info(),
             "token_cache": self.token_cache_info(),
         }

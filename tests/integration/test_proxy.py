@@ -524,3 +524,102 @@ def test_chunking_reports_model_passes_within_cap(direct, opensearch_url, tiny_m
         # SciFact abstracts are longer than 64 tokens: several chunks a hit, never more than 3.
         assert 10 < pairs <= 30
         assert len(r.json()["hits"]["hits"]) == 10
+
+
+# -- when the model cannot answer in time, or at all ---------------------------------------
+
+
+class SlowSession:
+    """The real ONNX Runtime session, each run delayed by its size: a slow CPU, on demand."""
+
+    def __init__(self, inner, seconds_per_token: float) -> None:
+        self.inner, self.seconds_per_token = inner, seconds_per_token
+
+    def run(self, names, feeds, *args, **kwargs):
+        time.sleep(self.seconds_per_token * feeds["input_ids"].size)
+        return self.inner.run(names, feeds, *args, **kwargs)
+
+
+def _slow_proxy_settings(settings, **server):
+    return settings.model_copy(update={"server": settings.server.model_copy(update=server)})
+
+
+def _slow_engine(tiny_model_dir: Path, seconds_per_token: float):
+    from es_rerank.reranker import OnnxReranker
+
+    engine = OnnxReranker(
+        "tiny", tiny_model_dir / "model.onnx", tiny_model_dir / "tokenizer.json",
+        max_length=256, batch_size=4, cache_size=0, batch_wait_ms=0,
+    )  # fmt: skip
+    engine._session = SlowSession(engine._session, seconds_per_token)
+    return engine
+
+
+def _concurrent_searches(url: str, queries: list[str]) -> list[tuple[httpx.Response, float]]:
+    results: list = [None] * len(queries)
+
+    def one(i: int) -> None:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            t0 = time.perf_counter()
+            r = c.post(f"/{INDEX}/_search", json={"query": {"match": {"text": queries[i]}}})
+            results[i] = (r, time.perf_counter() - t0)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(queries))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+OVERLOAD_QUERIES = ["vitamin D deficiency", "cancer cells", "protein folding", "immune response",
+                    "gene expression", "blood pressure", "brain development", "bacterial infection"]  # fmt: skip
+
+
+@pytest.mark.parametrize("shed", [True, False])
+def test_searches_the_model_cannot_serve_in_time_get_first_stage_order(direct, settings, serve_app, tiny_model_dir, shed):
+    """8 concurrent searches of 30 hits, about 0.4 s of model time each (50 us a token),
+    against a 1 s budget: the first are reranked. With shed_overload the others are
+    answered at once in first-stage order (x-rerank-reason overloaded); without it, after
+    waiting out rerank_timeout. Every answer holds OpenSearch's hits."""
+    timeout = 1.0
+    scorer = DirectScorer(tiny_model_dir)
+    engine = _slow_engine(tiny_model_dir, 50e-6)
+    app = create_app(_slow_proxy_settings(settings, rerank_timeout=timeout, shed_overload=shed), rerankers={"tiny": engine})
+    with serve_app(app) as served:
+        with httpx.Client(base_url=served.url, timeout=30) as c:  # one search alone: the model's rate is known after it
+            assert c.post(f"/{INDEX}/_search", json={"query": {"match": {"text": "warm up"}}}).headers["x-rerank"] == "reranked"
+        results = _concurrent_searches(served.url, OVERLOAD_QUERIES)
+    reasons = []
+    for query, (r, seconds) in zip(OVERLOAD_QUERIES, results):
+        assert r.status_code == 200, r.text
+        first_stage = direct.search(index=INDEX, body={"query": {"match": {"text": query}}})["hits"]["hits"]
+        ids = [h["_id"] for h in r.json()["hits"]["hits"]]
+        reasons.append(r.headers["x-rerank-reason"])
+        if r.headers["x-rerank"] == "fallback":
+            assert ids == [h["_id"] for h in first_stage]  # OpenSearch's own order, nothing lost
+            if r.headers["x-rerank-reason"] == "overloaded":
+                assert seconds < timeout  # answered at once, not after the budget
+            else:
+                assert r.headers["x-rerank-reason"] == "rerank_timeout" and seconds >= timeout
+        else:
+            assert r.headers["x-rerank"] == "reranked"
+            assert ids == _expected_order(direct, scorer, query)[:10]
+    assert "reranked" in reasons
+    if shed:
+        # Admission is an estimate: one search let in just under the budget may still run past it.
+        assert "overloaded" in reasons and reasons.count("rerank_timeout") <= 1, reasons
+    else:
+        assert "rerank_timeout" in reasons and "overloaded" not in reasons, reasons
+
+
+def test_a_model_that_fails_gives_first_stage_order(direct, settings, serve_app, tiny_model_dir):
+    engine = _slow_engine(tiny_model_dir, 0.0)
+    app = create_app(settings, rerankers={"tiny": engine})
+    engine.close()  # every score call now fails
+    with serve_app(app) as served, httpx.Client(base_url=served.url, timeout=30) as c:
+        r = c.post(f"/{INDEX}/_search", json={"query": {"match": {"text": QUERY}}})
+    assert r.status_code == 200
+    assert (r.headers["x-rerank"], r.headers["x-rerank-reason"]) == ("fallback", "rerank_error")
+    want = direct.search(index=INDEX, body={"query": {"match": {"text": QUERY}}})["hits"]["hits"]
+    assert [h["_id"] for h in r.json()["hits"]["hits"]] == [h["_id"] for h in want]

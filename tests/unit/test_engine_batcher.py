@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from es_rerank.errors import ModelError
+from es_rerank.errors import ModelError, ModelOverloadedError
 from es_rerank.reranker import OnnxReranker, ScoreStats
-from es_rerank.reranker._batcher import Batcher, Job
+from es_rerank.reranker._batcher import Batcher, Job, Overloaded
 
 # -- the batcher alone, with a fake model ------------------------------------------------
 
@@ -159,6 +159,41 @@ def test_close_fails_pending_jobs():
         batcher.submit(make_job([[3]]))
 
 
+def test_a_job_that_would_miss_its_deadline_is_refused_not_queued():
+    model = FakeModel(delay=0.02)  # 20 ms a run of 4 rows x 16 tokens: about 0.3 ms a token
+    batcher = Batcher(model, max_tokens=64, wait_s=0.0, pad_multiple=8, name="t")
+    try:
+        first = [[1] * 16] * 8
+        assert batcher.seconds_per_token is None
+        batcher.submit(make_job(first), deadline=time.perf_counter() + 0.001).result(5)  # no rate yet: taken
+        assert batcher.seconds_per_token is not None and batcher.seconds_per_token > 0.02 / 64 / 2
+        big = [[2] * 16] * 40  # 10 full runs, about 0.2 s
+        queued = batcher.submit(make_job(big))
+        t0 = time.perf_counter()
+        with pytest.raises(Overloaded) as refused:
+            batcher.submit(make_job([[3] * 16]), deadline=time.perf_counter() + 0.05)
+        assert time.perf_counter() - t0 < 0.05  # refused at once, not after the deadline
+        assert refused.value.wait_s > 0.05 and batcher.refused == 1
+        late = batcher.submit(make_job([[4] * 16]), deadline=time.perf_counter() + 30)  # time enough: queued
+        np.testing.assert_array_equal(queued.result(5), expected(big))  # nothing lost
+        np.testing.assert_array_equal(late.result(5), expected([[4] * 16]))
+        assert sum(rows for rows, _ in model.runs) == 8 + 40 + 1  # the refused job never ran
+    finally:
+        batcher.close(ModelError("closed"))
+
+
+def test_small_runs_do_not_set_the_rate():
+    """Only runs of at least half the budget say how fast queued work drains."""
+    batcher = Batcher(FakeModel(), max_tokens=256, wait_s=0.0, pad_multiple=8, name="t")
+    try:
+        batcher.submit(make_job([[1] * 8] * 3)).result(5)  # 3 x 8 tokens
+        assert batcher.seconds_per_token is None
+        batcher.submit(make_job([[1] * 64] * 2)).result(5)  # 2 x 64 = 128 of 256
+        assert batcher.seconds_per_token is not None
+    finally:
+        batcher.close(ModelError("closed"))
+
+
 # -- through the engine ----------------------------------------------------------------
 
 QUERIES = [
@@ -289,3 +324,28 @@ def test_closing_fails_waiting_callers(tiny_model_dir):
             await task
 
     asyncio.run(main())
+
+
+def test_a_call_the_queue_cannot_serve_in_time_is_refused_and_the_others_are_scored(tiny_model_dir):
+    with OnnxReranker(
+        "tiny", tiny_model_dir / "model.onnx", tiny_model_dir / "tokenizer.json",
+        cache_size=0, batch_size=4, max_batch_tokens=256, batch_wait_ms=0,
+    ) as reranker:  # fmt: skip
+        reranker._session = SlowSession(reranker._session, 0.03)
+        texts = [f"passage number {i} " + "word " * 30 for i in range(40)]
+        want = np.concatenate([reranker.score(QUERIES[0], texts[i : i + 4]) for i in range(0, 40, 4)])
+        assert reranker.engine_info()["seconds_per_token"] is not None
+
+        async def main():
+            first = asyncio.ensure_future(reranker.ascore(QUERIES[0], texts, budget_s=30))
+            await asyncio.sleep(0.05)  # queued and running: 10 runs, about 0.3 s
+            t0 = time.perf_counter()
+            with pytest.raises(ModelOverloadedError, match="overloaded"):
+                await reranker.ascore(QUERIES[1], texts, budget_s=0.1)
+            refused_after = time.perf_counter() - t0
+            return await first, refused_after
+
+        scores, refused_after = asyncio.run(main())
+        np.testing.assert_allclose(scores, want, atol=1e-5, rtol=0)
+        assert refused_after < 0.1  # answered before its budget ran out
+        assert reranker.engine_info()["refused"] == 1
