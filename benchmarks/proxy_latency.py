@@ -50,11 +50,25 @@ def _search_body(text: str, size: int = 10) -> dict:
     return {"query": {"multi_match": {"query": text, "fields": ["title", "text"], "tie_breaker": 0.5}}, "size": size, "_source": ["title"]}
 
 
-def start_proxy(opensearch_url: str, model: Path, port: int, index: str) -> subprocess.Popen:
+def ensure_index(opensearch_url: str, index: str) -> None:
+    """Index the demo SciFact corpus as ``index`` unless it is there."""
+    if httpx.head(f"{opensearch_url}/{index}", timeout=30).status_code != 200:
+        from opensearchpy import OpenSearch
+
+        from es_rerank.indexing import index_corpus, load_mapping
+
+        corpus, mapping = ROOT / "demo" / "scifact" / "corpus.jsonl.gz", load_mapping(ROOT / "mappings" / "scifact.json")
+        index_corpus(OpenSearch(opensearch_url, timeout=120), index, corpus, mapping=mapping)
+
+
+def start_proxy(
+    opensearch_url: str, model: Path, port: int, index: str, *, server: dict | None = None, model_settings: dict | None = None
+) -> subprocess.Popen:
+    """``es-rerank serve`` in a process of its own, serving ``model`` for ``index``; ready when it returns."""
     config = {
         "upstream": {"url": opensearch_url, "timeout": 120},
-        "server": {"port": port, "rerank_timeout": 120},
-        "models": {"bench": {"path": str(model)}},
+        "server": {"port": port, "rerank_timeout": 120, **(server or {})},
+        "models": {"bench": {"path": str(model), **(model_settings or {})}},
         "indices": [{"pattern": index, "window": 20, "max_window": 100}],
     }
     cfg = Path(tempfile.mkdtemp()) / "bench.yaml"
@@ -162,12 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     direct = httpx.Client(base_url=args.opensearch_url, timeout=120)
-    if direct.head(f"/{args.index}").status_code != 200:
-        from opensearchpy import OpenSearch
-
-        from es_rerank.indexing import index_corpus, load_mapping
-
-        index_corpus(OpenSearch(args.opensearch_url, timeout=120), args.index, ROOT / "demo" / "scifact" / "corpus.jsonl.gz", mapping=load_mapping(ROOT / "mappings" / "scifact.json"))
+    ensure_index(args.opensearch_url, args.index)
     port = _free_port()
     proc = start_proxy(args.opensearch_url, args.model, port, args.index)
     try:

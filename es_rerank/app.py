@@ -20,13 +20,16 @@ from .passages import aggregate_scores, hit_text, split_passages
 from .reranker import OnnxReranker, Reranker, ScoreStats
 from .metrics import CONTENT_TYPE_LATEST, Metrics, RequestTimings
 from .msearch import item_target, parse_msearch, serialize_msearch
-from .search import SearchPlan, plan_search, rebuild_response, window_hits
+from .search import SearchPlan, passthrough_plan, plan_search, rebuild_response, window_hits
 from .upstream import Upstream, UpstreamResponse, forwardable_headers, response_headers
 
 __all__ = ["RerankProxy", "create_app", "load_rerankers"]
 
 logger = logging.getLogger("es_rerank")
 
+# A search is shed when the model's queue would finish it past this share of
+# rerank_timeout: the estimate is a moving average and the rest of the request needs time too.
+SHED_AT = 0.9
 _JSON_TYPES = ("application/json", "application/x-ndjson", "text/plain")
 _OFF = {"false", "0", "off", "no"}
 
@@ -219,6 +222,10 @@ class RerankProxy:
             return await self.passthrough(request, extra=[("x-rerank", "skipped"), ("x-rerank-reason", "source_param")])
 
         plan = self._plan(spec, body, params, request)
+        if plan.rerank and self._overloaded(plan):
+            # The model could not score this in time even if it were first in line after the
+            # work queued now: answer OpenSearch's own response, as cheaply as a skip.
+            plan = passthrough_plan(body, params, "overloaded")
         headers = forwardable_headers(request.headers.items(), drop=frozenset({"content-type"}))
         marks = [("x-rerank", "reranked" if plan.rerank else "skipped"), ("x-rerank-reason", plan.reason)]
         if not plan.rerank:
@@ -256,6 +263,14 @@ class RerankProxy:
             ("x-rerank-total-ms", f"{(time.perf_counter() - started) * 1000:.1f}"),
         ]
         return self._relay(_rebuilt(request, answer.headers, _dumps(rebuilt, params)), extra)
+
+    def _overloaded(self, plan: SearchPlan) -> bool:
+        """The model's queue alone would outlast ``rerank_timeout`` (with ``shed_overload``)."""
+        server = self.settings.server
+        if not server.shed_overload:
+            return False
+        wait = self.rerankers[plan.model].queue_wait_s()
+        return wait is not None and wait > SHED_AT * server.rerank_timeout
 
     def _plan(self, spec: IndexSettings, body: Any, params, request: Request) -> SearchPlan:
         return plan_search(
@@ -349,7 +364,7 @@ class RerankProxy:
         stats = timings.stats
         t0 = time.perf_counter()
         timeout = self.settings.server.rerank_timeout
-        deadline = t0 + timeout if self.settings.server.shed_overload else None
+        deadline = t0 + SHED_AT * timeout if self.settings.server.shed_overload else None
         try:
             scores = await asyncio.wait_for(
                 self._score_passages(reranker, plan.query, passages, spec, stats, deadline), timeout=timeout

@@ -19,7 +19,7 @@ from .config import IndexSettings
 from .errors import BadRequestError, UnknownModelError
 from .querytext import query_text, rerank_ext, strip_rerank_ext
 
-__all__ = ["SearchPlan", "plan_search", "rebuild_response", "DEFAULT_SIZE"]
+__all__ = ["SearchPlan", "plan_search", "passthrough_plan", "rebuild_response", "DEFAULT_SIZE"]
 
 DEFAULT_SIZE = 10  # OpenSearch's default page size
 _EXT_KEYS = {"enabled", "window_size", "model", "query_context"}
@@ -89,7 +89,8 @@ def _pattern_covers(patterns: Sequence[Any], name: str) -> bool:
     return False
 
 
-def _passthrough(body: Any, params: list[tuple[str, str]], reason: str) -> SearchPlan:
+def passthrough_plan(body: Any, params: list[tuple[str, str]], reason: str) -> SearchPlan:
+    """A plan that forwards ``body`` (``ext.rerank`` removed) and answers OpenSearch's response as it is."""
     if isinstance(body, dict):
         body = strip_rerank_ext(body)
     return SearchPlan(rerank=False, reason=reason, body=body, params=params)
@@ -115,7 +116,7 @@ def plan_search(
         return SearchPlan(rerank=False, reason="unparsed_body", body=body, params=params)
 
     if not spec.rerank:
-        return _passthrough(body, params, "index_not_reranked")
+        return passthrough_plan(body, params, "index_not_reranked")
     ext = rerank_ext(body)
     unknown = sorted(set(ext) - _EXT_KEYS)
     if unknown:
@@ -137,42 +138,42 @@ def plan_search(
         raise UnknownModelError(f"[ext.rerank.model] unknown model [{model}]; known: {sorted(models)}")
 
     if not enabled or disabled_by_header:
-        return _passthrough(body, params, "disabled")
+        return passthrough_plan(body, params, "disabled")
     if _param(params, "scroll") is not None:
-        return _passthrough(body, params, "scroll")
+        return passthrough_plan(body, params, "scroll")
     if _param(params, "filter_path") is not None:
-        return _passthrough(body, params, "filter_path")
+        return passthrough_plan(body, params, "filter_path")
     stored = _param(params, "stored_fields") or body.get("stored_fields")
     if stored == "_none_" or stored == ["_none_"]:
         # No _id and no fields come back, and OpenSearch refuses `fields` with it.
-        return _passthrough(body, params, "stored_fields_none")
+        return passthrough_plan(body, params, "stored_fields_none")
     for key in ("search_after", "pit", "slice"):
         if key in body:
-            return _passthrough(body, params, key)
+            return passthrough_plan(body, params, key)
     url_sort = _param(params, "sort")
     if url_sort is not None and url_sort not in ("_score", "_score:desc"):
-        return _passthrough(body, params, "sort")
+        return passthrough_plan(body, params, "sort")
     if "sort" in body and not _is_score_sort(body["sort"]):
-        return _passthrough(body, params, "sort")
+        return passthrough_plan(body, params, "sort")
 
     try:
         size = _int_option("size", _param(params, "size") or body.get("size", DEFAULT_SIZE))
         from_ = _int_option("from", _param(params, "from") or body.get("from", 0))
     except ValueError:
         # Let OpenSearch answer the invalid value with its own error.
-        return _passthrough(body, params, "invalid_paging")
+        return passthrough_plan(body, params, "invalid_paging")
     if size <= 0 or from_ < 0:
-        return _passthrough(body, params, "size_0" if size == 0 else "invalid_paging")
+        return passthrough_plan(body, params, "size_0" if size == 0 else "invalid_paging")
     if from_ >= window:
-        return _passthrough(body, params, "beyond_window")
+        return passthrough_plan(body, params, "beyond_window")
 
     for key in ("fields", "docvalue_fields"):
         if key in body and not isinstance(body[key], list):
-            return _passthrough(body, params, f"invalid_{key}")  # OpenSearch rejects it
+            return passthrough_plan(body, params, f"invalid_{key}")  # OpenSearch rejects it
 
     text = query_text(body, dict(params), query_text_path=spec.query_text_path)
     if not text or not text.strip():
-        return _passthrough(body, params, "no_query_text")
+        return passthrough_plan(body, params, "no_query_text")
 
     rewritten = strip_rerank_ext(body)
     rewritten["from"] = 0

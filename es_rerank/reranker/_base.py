@@ -43,6 +43,10 @@ class Reranker(Protocol):
         would not be scored within that many seconds raises ``ModelOverloadedError``."""
         ...
 
+    def queue_wait_s(self) -> float | None:
+        """Seconds the work queued now will take; None when not known."""
+        ...
+
     def info(self) -> dict[str, Any]:
         """A JSON-serialisable description (name, provider, status...)."""
         ...

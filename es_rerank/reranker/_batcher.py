@@ -156,6 +156,11 @@ class Batcher:
             self._cond.notify()
         return job.future
 
+    def queued_s(self) -> float | None:
+        """Seconds until the run in progress and the queued jobs are scored; None before a full run."""
+        with self._cond:
+            return self._estimated_s(0)
+
     def _estimated_s(self, tokens: int) -> float | None:
         """Seconds until ``tokens`` more would be scored, behind the run and the queue (lock held)."""
         if self.seconds_per_token is None:

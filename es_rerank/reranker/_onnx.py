@@ -621,6 +621,11 @@ class OnnxReranker:
         elif state == "done" and future is not None:
             future.cancel()
 
+    def queue_wait_s(self) -> float | None:
+        """Seconds the model needs for the work queued now, at the rate of its recent full
+        runs; None until it has run one."""
+        return self._batcher.queued_s()
+
     def _arriving(self, delta: int) -> None:
         """Count calls on their way to the batcher, which waits for them only while some are."""
         with self._incoming_lock:

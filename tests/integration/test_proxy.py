@@ -596,7 +596,7 @@ def test_searches_the_model_cannot_serve_in_time_get_first_stage_order(direct, s
         first_stage = direct.search(index=INDEX, body={"query": {"match": {"text": query}}})["hits"]["hits"]
         ids = [h["_id"] for h in r.json()["hits"]["hits"]]
         reasons.append(r.headers["x-rerank-reason"])
-        if r.headers["x-rerank"] == "fallback":
+        if r.headers["x-rerank"] in ("fallback", "skipped"):  # skipped: shed before asking OpenSearch for the window
             assert ids == [h["_id"] for h in first_stage]  # OpenSearch's own order, nothing lost
             if r.headers["x-rerank-reason"] == "overloaded":
                 assert seconds < timeout  # answered at once, not after the budget
@@ -611,6 +611,30 @@ def test_searches_the_model_cannot_serve_in_time_get_first_stage_order(direct, s
         assert "overloaded" in reasons and reasons.count("rerank_timeout") <= 1, reasons
     else:
         assert "rerank_timeout" in reasons and "overloaded" not in reasons, reasons
+
+
+def test_a_search_behind_a_queue_longer_than_the_budget_is_opensearchs_own_answer(direct, settings, serve_app, tiny_model_dir):
+    """When the model's queue alone would outlast the budget, the search is not even sent
+    for its window: it is passed through, and the answer is OpenSearch's."""
+    engine = _slow_engine(tiny_model_dir, 50e-6)
+    app = create_app(_slow_proxy_settings(settings, rerank_timeout=2.0), rerankers={"tiny": engine})
+    body = {"query": {"match": {"text": QUERY}}, "size": 5}
+    with serve_app(app) as served, httpx.Client(base_url=served.url, timeout=30) as c:
+        assert c.post(f"/{INDEX}/_search", json=body).headers["x-rerank"] == "reranked"  # the rate is known after it
+        busy = threading.Thread(target=engine.score, args=("busy", [f"text {i} " + "word " * 300 for i in range(200)]))
+        busy.start()  # about 200 x 256 tokens x 50 us = 2.6 s of queued work
+        deadline = time.time() + 10
+        while (engine.queue_wait_s() or 0) <= 0.9 * 2.0 and time.time() < deadline:
+            time.sleep(0.01)
+        t0 = time.perf_counter()
+        r = c.post(f"/{INDEX}/_search", json=body)
+        seconds = time.perf_counter() - t0
+        busy.join()
+    assert (r.headers["x-rerank"], r.headers["x-rerank-reason"]) == ("skipped", "overloaded")
+    assert seconds < 1.0
+    want = direct.search(index=INDEX, body=body)
+    got = r.json()
+    assert {**got, "took": 0} == {**want, "took": 0}
 
 
 def test_a_model_that_fails_gives_first_stage_order(direct, settings, serve_app, tiny_model_dir):
