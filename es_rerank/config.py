@@ -180,7 +180,7 @@ class ServerSettings(_Strict):
     shed_overload: bool = Field(
         True,
         description="answer first-stage order at once when the model's queue would not score the search "
-        "within rerank_timeout at the rate it has been running; false: queue it and wait out the timeout",
+        "within 90% of rerank_timeout at the rate it has been running; false: queue it and wait out the timeout",
     )
 
 
