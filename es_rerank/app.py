@@ -90,6 +90,8 @@ class RerankProxy:
         self.upstream = upstream
         self.rerankers = dict(rerankers)
         self.metrics = metrics or Metrics()
+        for name, reranker in self.rerankers.items():
+            self.metrics.watch_queue(name, reranker.queue_wait_s)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -162,7 +164,7 @@ class RerankProxy:
 
     async def _own_endpoint(self, request: Request, path: str) -> Response:
         if path == "/_rerank/health" and request.method in ("GET", "HEAD"):
-            models = {name: r.info() for name, r in self.rerankers.items()}
+            models = {name: {**r.info(), "queue_wait_s": r.queue_wait_s()} for name, r in self.rerankers.items()}
             return _json_response({"status": "ok", "models": models}, 200)
         if path == "/_rerank/metrics" and request.method == "GET":
             return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -7,8 +7,9 @@ in tests, count separately.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .reranker import ScoreStats
 
@@ -69,6 +70,15 @@ class Metrics:
             "es_rerank_pairs_per_request", "Model passes per reranked search.", buckets=_PAIRS, registry=r
         )
         self.cache_hits = Counter("es_rerank_cache_hits", "Pairs answered from the score cache.", registry=r)
+        self.queue_wait = Gauge(
+            "es_rerank_model_queue_seconds",
+            "Estimated seconds for the work queued at each model (0 until the model has run a full batch).",
+            ["model"], registry=r,
+        )
+
+    def watch_queue(self, model: str, seconds: Callable[[], float | None]) -> None:
+        """Read ``seconds()`` for ``model``'s queue gauge at each scrape."""
+        self.queue_wait.labels(model).set_function(lambda: seconds() or 0.0)
 
     def observe_request(self, route: str, index: str, outcome: str, reason: str, seconds: float) -> None:
         self.requests.labels(route, index, outcome, reason).inc()
