@@ -442,9 +442,9 @@ class OnnxReranker:
 
     def _warm_up(self) -> None:
         """Run the model before the first request. On CUDA every padded width at a spread
-        of row counts, full and padded (:func:`cuda_warmup_batches`), so kernel loading and arena growth happen here
-        rather than in requests (without a warm-up the first request took 1.1 s on an H200;
-        the warm-up takes seconds). On CPU one small batch."""
+        of row counts, full and padded (:func:`cuda_warmup_batches`), so kernel loading
+        and arena growth happen here rather than in requests (without a warm-up the first
+        request took 1.1 s on an H200; the warm-up takes seconds). On CPU one small batch."""
         if self._io_binding:
             (full,) = self._tokenizer.encode_pairs("warm up", ["warm up " * self.max_length], self.max_length)
             for pairs, width in cuda_warmup_batches(full, self.pad_multiple, self.batch_size, self.max_batch_tokens):
