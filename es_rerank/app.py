@@ -7,7 +7,7 @@ import gzip
 import json
 import logging
 import time
-from typing import Any, Mapping
+from typing import Any, Awaitable, Mapping
 from urllib.parse import parse_qsl, urlencode
 
 import numpy as np
@@ -254,7 +254,9 @@ class RerankProxy:
         upstream_ms = (time.perf_counter() - t_upstream) * 1000
         if answer.status != 200:
             return self._relay(answer, [("x-rerank", "skipped"), ("x-rerank-reason", "upstream_error")])
-        rebuilt, outcome, timings = await self._rerank(plan, spec, json.loads(answer.content), started, upstream_ms)
+        rebuilt, outcome, timings = await self._rerank(
+            plan, spec, json.loads(answer.content), started, upstream_ms, client_gone=_disconnect(request)
+        )
         extra = [
             ("x-rerank", outcome[0]),
             ("x-rerank-reason", outcome[1]),
@@ -284,10 +286,16 @@ class RerankProxy:
             disabled_by_header=request.headers.get("x-rerank-enabled", "").lower() in _OFF,
         )
 
-    async def _rerank(self, plan: SearchPlan, spec: IndexSettings, data: dict, started: float, upstream_ms: float):
-        """Score, reorder and rebuild one search response; also records its metrics."""
+    async def _rerank(
+        self, plan: SearchPlan, spec: IndexSettings, data: dict, started: float, upstream_ms: float,
+        client_gone: Awaitable[None] | None = None,
+    ):
+        """Score, reorder and rebuild one search response; also records its metrics.
+
+        ``client_gone`` completes when the client disconnects: scoring stops then, so a
+        search nobody waits for any more costs no further model time."""
         timings = RequestTimings(upstream_ms=upstream_ms)
-        scores, outcome = await self._score(self.rerankers[plan.model], plan, spec, data, timings)
+        scores, outcome = await self._score(self.rerankers[plan.model], plan, spec, data, timings, client_gone)
         self.metrics.observe_rerank(timings)
         proxy_ms = int(round((time.perf_counter() - started) * 1000 - upstream_ms))
         rebuilt = rebuild_response(plan, data, scores, proxy_ms=proxy_ms, expose_first_stage=spec.expose_first_stage)
@@ -359,7 +367,8 @@ class RerankProxy:
         return self._relay(_rebuilt(request, answer.headers, _dumps(data, parse_qsl(query.decode("latin-1")))), extra)
 
     async def _score(
-        self, reranker: Reranker, plan: SearchPlan, spec: IndexSettings, data: dict, timings: RequestTimings
+        self, reranker: Reranker, plan: SearchPlan, spec: IndexSettings, data: dict, timings: RequestTimings,
+        client_gone: Awaitable[None] | None = None,
     ) -> tuple[np.ndarray | None, tuple[str, str]]:
         """Scores for the window, or None and the reason when the model failed or timed out."""
         passages = [hit_text(h, spec.fields, spec.template) for h in window_hits(plan, data)]
@@ -367,10 +376,19 @@ class RerankProxy:
         t0 = time.perf_counter()
         timeout = self.settings.server.rerank_timeout
         deadline = t0 + SHED_AT * timeout if self.settings.server.shed_overload else None
+        scoring = asyncio.ensure_future(
+            asyncio.wait_for(self._score_passages(reranker, plan.query, passages, spec, stats, deadline), timeout=timeout)
+        )
+        gone = asyncio.ensure_future(client_gone) if client_gone is not None else None
         try:
-            scores = await asyncio.wait_for(
-                self._score_passages(reranker, plan.query, passages, spec, stats, deadline), timeout=timeout
-            )
+            if gone is not None:
+                await asyncio.wait({scoring, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not scoring.done():
+                    scoring.cancel()  # its pairs not yet run are dropped from the model's queue
+                    logger.info("client closed the connection; scoring stopped")
+                    timings.rerank_ms = (time.perf_counter() - t0) * 1000
+                    return None, ("fallback", "client_closed")
+            scores = await scoring
             outcome = ("reranked", "reranked")
         except ModelOverloadedError as exc:
             logger.info("%s; answering first-stage order", exc)
@@ -381,6 +399,9 @@ class RerankProxy:
         except Exception:
             logger.exception("reranker %s failed; answering first-stage order", plan.model)
             scores, outcome = None, ("fallback", "rerank_error")
+        finally:
+            if gone is not None:
+                gone.cancel()
         timings.rerank_ms = (time.perf_counter() - t0) * 1000
         return scores, outcome
 
@@ -398,6 +419,12 @@ class RerankProxy:
         chunks, owners = await asyncio.to_thread(split_passages, passages, query, spec.chunking, reranker, max_length)
         chunk_scores = await reranker.ascore(query, chunks, **kwargs, budget_s=_left(deadline))
         return aggregate_scores(chunk_scores, owners, len(passages), spec.chunking.aggregate, spec.chunking.top_n)
+
+
+async def _disconnect(request: Request) -> None:
+    """Return when the client has closed the connection (its body has been read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _left(deadline: float | None) -> float | None:

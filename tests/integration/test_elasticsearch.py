@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import httpx
@@ -36,14 +37,18 @@ WINDOW = 20
 QUERY = "vitamin D deficiency risk"
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def elasticsearch_url(tmp_path_factory):
     url = os.environ.get("ES_RERANK_TEST_ELASTICSEARCH_URL")
     if url:
         yield url.rstrip("/")
         return
-    from conftest import free_port
-
     from es_rerank.localnode import LocalOpenSearch
 
     node = LocalOpenSearch(

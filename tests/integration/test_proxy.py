@@ -533,9 +533,10 @@ class SlowSession:
     """The real ONNX Runtime session, each run delayed by its size: a slow CPU, on demand."""
 
     def __init__(self, inner, seconds_per_token: float) -> None:
-        self.inner, self.seconds_per_token = inner, seconds_per_token
+        self.inner, self.seconds_per_token, self.runs = inner, seconds_per_token, 0
 
     def run(self, names, feeds, *args, **kwargs):
+        self.runs += 1
         time.sleep(self.seconds_per_token * feeds["input_ids"].size)
         return self.inner.run(names, feeds, *args, **kwargs)
 
@@ -639,6 +640,22 @@ def test_a_search_behind_a_queue_longer_than_the_budget_is_opensearchs_own_answe
     want = direct.search(index=INDEX, body=body)
     got = r.json()
     assert {**got, "took": 0} == {**want, "took": 0}
+
+
+def test_a_search_the_client_gave_up_on_stops_costing_model_time(direct, settings, serve_app, tiny_model_dir):
+    engine = _slow_engine(tiny_model_dir, 50e-6)
+    session = engine._session
+    app = create_app(_slow_proxy_settings(settings, rerank_timeout=30), rerankers={"tiny": engine})
+    body = {"query": {"match": {"text": QUERY}}, "ext": {"rerank": {"window_size": 100}}}  # about 25 runs, 1.3 s
+    with serve_app(app) as served:
+        with httpx.Client(base_url=served.url, timeout=0.3) as c, pytest.raises(httpx.ReadTimeout):
+            c.post(f"/{INDEX}/_search", json=body)  # the client gives up and closes the connection
+        time.sleep(2.0)  # longer than the whole search would take
+        runs = session.runs
+        with httpx.Client(base_url=served.url, timeout=30) as c:  # the model still serves: the whole window
+            assert c.post(f"/{INDEX}/_search", json={**body, "size": 3}).headers["x-rerank"] == "reranked"
+        whole = session.runs - runs
+    assert 0 < runs <= whole // 2, (runs, whole)  # the search given up on stopped within its first half
 
 
 def test_a_model_that_fails_gives_first_stage_order(direct, settings, serve_app, tiny_model_dir):
