@@ -43,6 +43,31 @@ def opensearch_url():
 
 
 @pytest.fixture(scope="session")
+def elasticsearch_url(tmp_path_factory):
+    """A real single-node Elasticsearch 7.10.2: the one ES_RERANK_TEST_ELASTICSEARCH_URL
+    names, or one this run starts (in a data dir of its own) and stops."""
+    url = os.environ.get("ES_RERANK_TEST_ELASTICSEARCH_URL")
+    if url:
+        yield url.rstrip("/")
+        return
+    import shutil
+
+    from es_rerank.localnode import LocalOpenSearch
+
+    node = LocalOpenSearch(
+        distribution="elasticsearch", port=free_port(), transport_port=free_port(), data_dir=tmp_path_factory.mktemp("es")
+    )
+    status = node.start()
+    try:
+        assert status.version == "7.10.2"
+        yield status.url
+    finally:
+        node.stop(timeout=20)
+        if node.runtime_root != node.data_dir:
+            shutil.rmtree(node.runtime_root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     from tinymodel import build_tiny_model
 

@@ -194,16 +194,21 @@ class PairTokenizer:
         is cut here first, so every pair fits and the passage keeps at least as many
         tokens as the query.
         """
+        return self._clipped(query, max_length)[0]
+
+    def _clipped(self, query: str, max_length: int) -> tuple[str, Encoding]:
+        """:meth:`clip_query`'s result and its encoding (no special tokens)."""
         budget = self.query_budget(max_length)
+        encoding = self._plain.encode(query, add_special_tokens=False)
         for _ in range(3):
-            encoding = self._plain.encode(query, add_special_tokens=False)
             if len(encoding.ids) <= budget:
-                return query
+                break
             end = encoding.offsets[budget - 1][1]
             if end >= len(query):
                 break
             query = query[:end]
-        return query
+            encoding = self._plain.encode(query, add_special_tokens=False)
+        return query, encoding
 
     def encode_pairs(
         self, query: str, passages: Sequence[str], max_length: int, digests: Sequence[bytes] | None = None
@@ -213,11 +218,11 @@ class PairTokenizer:
         ``digests``, when the caller has them, are the passages' :func:`passage_digest`
         (the token cache's keys), so they are not computed twice.
         """
-        query = self.clip_query(query, max_length)
+        query, query_encoding = self._clipped(query, max_length)
         tokenizer = self._for_length(max_length)
         try:
             if self._templated:
-                layout = self._layout(tokenizer, query, max_length)
+                layout = self._layout(tokenizer, query_encoding, max_length)
                 if layout is not None:
                     return [layout.pair(ids) for ids in self._passage_ids(passages, max_length, digests)]
             return self._encode(tokenizer, [(query, passage) for passage in passages])
@@ -234,8 +239,7 @@ class PairTokenizer:
             self._passages.clear()
             self.cache_hits = self.cache_misses = 0
 
-    def _layout(self, tokenizer: Tokenizer, query: str, max_length: int) -> _Layout | None:
-        query_encoding = self._plain.encode(query, add_special_tokens=False)
+    def _layout(self, tokenizer: Tokenizer, query_encoding: Encoding, max_length: int) -> _Layout | None:
         probe = tokenizer.post_process(query_encoding, self._probe)
         try:
             return _Layout(probe, self._probe.ids, max_length)
@@ -301,8 +305,7 @@ class PairTokenizer:
 
     def query_token_budget(self, query: str, max_length: int) -> int:
         """Passage tokens that fit beside ``query`` (as :meth:`clip_query` cuts it) in ``max_length``."""
-        query = self.clip_query(query, max_length)
-        used = len(self._plain.encode(query, add_special_tokens=False).ids)
+        used = len(self._clipped(query, max_length)[1].ids)
         return max(1, max_length - self.num_special_tokens - used)
 
     def chunk_text(self, text: str, chunk_tokens: int, stride: int, max_chunks: int) -> list[str]:

@@ -12,7 +12,6 @@ import itertools
 import json
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import httpx
@@ -35,33 +34,6 @@ ROOT = Path(__file__).resolve().parents[2]
 INDEX = "es-docs"
 WINDOW = 20
 QUERY = "vitamin D deficiency risk"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def elasticsearch_url(tmp_path_factory):
-    url = os.environ.get("ES_RERANK_TEST_ELASTICSEARCH_URL")
-    if url:
-        yield url.rstrip("/")
-        return
-    from es_rerank.localnode import LocalOpenSearch
-
-    node = LocalOpenSearch(
-        distribution="elasticsearch", port=free_port(), transport_port=free_port(), data_dir=tmp_path_factory.mktemp("es")
-    )
-    status = node.start()
-    try:
-        assert status.version == "7.10.2"
-        yield status.url
-    finally:
-        node.stop(timeout=20)
-        if node.runtime_root != node.data_dir:
-            shutil.rmtree(node.runtime_root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
