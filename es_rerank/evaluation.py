@@ -13,8 +13,13 @@ For each window size K, every query is searched twice:
   proxy URL) it is a running deployment.
 
 One query at a time (concurrency 1), so the rerank stage's latency, read from the
-``x-rerank-inference-ms`` header, is that of one request alone. Metrics come from
-ir-measures (trec_eval's code through pytrec_eval), not from hand-written maths.
+``x-rerank-inference-ms`` header, is that of one request alone. Latency and pairs/s
+are taken over the answers the model reranked (``x-rerank: reranked``) only: an
+answer that fell back to first-stage order (timeout, overload, model error) costs
+what its deadline says, not what scoring costs, so it is counted apart, by
+``x-rerank`` / ``x-rerank-reason``. NDCG and the other quality figures take every
+answer as the client got it. Metrics come from ir-measures (trec_eval's code
+through pytrec_eval), not from hand-written maths.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import copy
 import json
 import math
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
@@ -54,6 +60,7 @@ __all__ = [
     "evaluate",
     "evaluate_async",
     "format_table",
+    "fallback_lines",
     "plot_results",
     "write_outputs",
     "eval_command",
@@ -292,11 +299,16 @@ class KResult:
     k: int
     first_stage: dict[str, float]  # ndcg@10, mrr@10, recall@K
     reranked: dict[str, float]  # ndcg@10, mrr@10, recall@10
-    rerank_ms: list[float] = field(repr=False)  # x-rerank-inference-ms, per query
-    total_ms: list[float] = field(repr=False)  # the proxy request as the client saw it
-    pairs: int  # (query, passage) pairs the model scored
-    fallbacks: int  # answers with first-stage order (x-rerank: fallback)
-    per_query: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
+    rerank_ms: list[float] = field(repr=False)  # x-rerank-inference-ms of each reranked answer
+    total_ms: list[float] = field(repr=False)  # the proxy request as the client saw it, reranked answers
+    pairs: int  # (query, passage) pairs the model scored for the reranked answers
+    fallbacks: int  # answers the model did not rerank (x-rerank other than "reranked")
+    per_query: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    outcomes: dict[str, int] = field(default_factory=dict)  # "x-rerank/x-rerank-reason" -> answers
+
+    @property
+    def reranked_count(self) -> int:
+        return len(self.rerank_ms)
 
     @property
     def rerank_p50_ms(self) -> float:
@@ -324,8 +336,11 @@ class KResult:
                 "request_p95_ms": _percentile(self.total_ms, 95),
                 "pairs": self.pairs,
                 "pairs_per_s": self.pairs_per_s,
+                "over": "reranked answers only",
+                "reranked_answers": self.reranked_count,
             },
             "fallbacks": self.fallbacks,
+            "outcomes": self.outcomes,
             "per_query": self.per_query,
         }
 
@@ -410,10 +425,22 @@ def format_table(result: EvalResult) -> str:
     rule = "-" * len(line(rows[0] if rows else [""] * len(head)))
     out = [title, group_line(), line([h[1] for h in head]), rule]
     out += [line(row) for row in rows]
-    fallbacks = sum(r.fallbacks for r in result.results)
-    if fallbacks:
-        out.append(f"warning: {fallbacks} answer(s) fell back to first-stage order (x-rerank: fallback)")
+    out += fallback_lines(result.results)
     return "\n".join(out)
+
+
+def fallback_lines(results: Sequence[KResult]) -> list[str]:
+    """One warning per K whose answers were not all reranked, with the outcomes by reason."""
+    lines = []
+    for r in results:
+        if not r.fallbacks:
+            continue
+        others = ", ".join(f"{name} {n}" for name, n in sorted(r.outcomes.items()) if not name.startswith("reranked/"))
+        lines.append(
+            f"warning: K = {r.k}: {r.fallbacks} of {r.fallbacks + r.reranked_count} answer(s) not reranked ({others}); "
+            f"latency and pairs/s are over the {r.reranked_count} reranked, NDCG over all"
+        )
+    return lines
 
 
 def plot_results(result: EvalResult, path: str | Path) -> Path:
@@ -605,8 +632,9 @@ async def _run_k(direct, proxy, path, template, data: EvalData, k: int, progress
     rerank_ms: list[float] = []
     total_ms: list[float] = []
     pairs = 0
-    fallbacks = 0
+    outcomes: Counter[str] = Counter()
     per_query_ms: dict[str, float] = {}
+    per_query_outcome: dict[str, str] = {}
     bar = tqdm(data.queries.items(), desc=f"K={k}", unit="q", disable=not progress, mininterval=2.0, leave=True)
     for qid, text in bar:
         body = first_stage_body(template, text, size=k)
@@ -616,7 +644,7 @@ async def _run_k(direct, proxy, path, template, data: EvalData, k: int, progress
         body["ext"] = {"rerank": {"window_size": k}}
         t0 = time.perf_counter()
         response = await _post(proxy, path, body, "the proxy")
-        total_ms.append((time.perf_counter() - t0) * 1000)
+        elapsed_ms = (time.perf_counter() - t0) * 1000
         reranked[qid] = _hits(response, "the proxy")
         status = response.headers.get("x-rerank", "")
         if status == "skipped":
@@ -624,15 +652,19 @@ async def _run_k(direct, proxy, path, template, data: EvalData, k: int, progress
                 f"the proxy did not rerank query {qid!r} (x-rerank-reason: {response.headers.get('x-rerank-reason')}); "
                 "is the index configured for reranking there, and does the first-stage query carry the text?"
             )
-        if status == "fallback":
-            fallbacks += 1
+        outcome = f"{status or 'none'}/{response.headers.get('x-rerank-reason', '')}"
+        outcomes[outcome] += 1
+        per_query_outcome[qid] = outcome
         ms = float(response.headers.get("x-rerank-inference-ms", "nan"))
-        rerank_ms.append(ms)
         per_query_ms[qid] = ms
-        window = min(int(response.headers.get("x-rerank-window", k)), len(first[qid]))
-        pairs += int(response.headers.get("x-rerank-pairs", window))
+        if status == "reranked":  # a fallback's time is its deadline's, not the model's
+            rerank_ms.append(ms)
+            total_ms.append(elapsed_ms)
+            window = min(int(response.headers.get("x-rerank-window", k)), len(first[qid]))
+            pairs += int(response.headers.get("x-rerank-pairs", window))
         if progress:
-            bar.set_postfix(p50_ms=f"{_percentile(rerank_ms, 50):.0f}", refresh=False)
+            not_reranked = sum(outcomes.values()) - len(rerank_ms)
+            bar.set_postfix(p50_ms=f"{_percentile(rerank_ms, 50):.0f}", not_reranked=not_reranked, refresh=False)
     bar.close()
     fs_means, fs_per_query = rank_metrics(data.qrels, first, recall_at=k)
     rr_means, rr_per_query = rank_metrics(data.qrels, reranked, recall_at=PAGE)
@@ -641,6 +673,7 @@ async def _run_k(direct, proxy, path, template, data: EvalData, k: int, progress
             **{f"first_stage_{m}": v for m, v in fs_per_query[qid].items()},
             **{f"reranked_{m}": v for m, v in rr_per_query[qid].items()},
             "rerank_ms": per_query_ms[qid],
+            "outcome": per_query_outcome[qid],
         }
         for qid in data.queries
     }
@@ -651,8 +684,9 @@ async def _run_k(direct, proxy, path, template, data: EvalData, k: int, progress
         rerank_ms=rerank_ms,
         total_ms=total_ms,
         pairs=pairs,
-        fallbacks=fallbacks,
+        fallbacks=sum(outcomes.values()) - len(rerank_ms),
         per_query=per_query,
+        outcomes=dict(outcomes),
     )
 
 

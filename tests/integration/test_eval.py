@@ -208,3 +208,64 @@ def test_missing_index(beir, config):
     args[args.index("--index") + 1] = "rr-eval-missing"
     message = _one_error(_cli(args))
     assert "answered 404: index_not_found_exception" in message
+
+
+# --- fallbacks are counted apart from the latency -------------------------------
+
+
+class _EveryOtherFallsBack:
+    """The real proxy, with every second search's answer marked as a timeout fallback.
+
+    A fallback's x-rerank-inference-ms is its deadline (here 99999 ms), not scoring
+    time: eval must count it by outcome and keep it out of p50/p95 and pairs/s.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.searches = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        self.searches += 1
+        fall_back = self.searches % 2 == 0
+
+        async def send_marked(message):
+            if fall_back and message["type"] == "http.response.start":
+                marks = {b"x-rerank": b"fallback", b"x-rerank-reason": b"rerank_timeout", b"x-rerank-inference-ms": b"99999.0"}
+                headers = [(k, marks.get(k.lower(), v)) for k, v in message["headers"]]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_marked)
+
+
+def test_fallbacks_reported_apart_from_latency(beir, config):
+    import asyncio
+
+    from es_rerank.evaluation import evaluate_async, format_table, load_beir
+
+    settings = load_settings(config)
+    proxy = create_app(settings)
+    app = _EveryOtherFallsBack(proxy)
+    data = load_beir(beir["queries"], beir["qrels"])
+
+    async def run():
+        try:
+            return await evaluate_async(data, index=INDEX, ks=[10], settings=settings, app=app)
+        finally:
+            await proxy.upstream.aclose()
+
+    result = asyncio.run(run())
+    r = result.results[0]
+    # The preflight's search (size 0) is the first POST; queries alternate after it.
+    assert r.outcomes == {"reranked/reranked": N_QUERIES // 2, "fallback/rerank_timeout": N_QUERIES // 2}
+    assert r.fallbacks == N_QUERIES // 2 and r.reranked_count == N_QUERIES // 2
+    assert r.rerank_p95_ms < 99999.0 and r.rerank_p50_ms < 99999.0
+    assert r.pairs <= 10 * (N_QUERIES // 2)
+    data_out = r.to_dict()
+    assert data_out["latency"]["reranked_answers"] == N_QUERIES // 2
+    assert data_out["outcomes"]["fallback/rerank_timeout"] == N_QUERIES // 2
+    assert {q["outcome"] for q in data_out["per_query"].values()} == {"reranked/reranked", "fallback/rerank_timeout"}
+    table = format_table(result)
+    assert f"K = 10: {N_QUERIES // 2} of {N_QUERIES} answer(s) not reranked (fallback/rerank_timeout {N_QUERIES // 2})" in table

@@ -195,6 +195,7 @@ def _result(fallbacks: int = 0) -> EvalResult:
             total_ms=[110.0, 130.0, 210.0],
             pairs=3 * k,
             fallbacks=fallbacks,
+            outcomes={"reranked/reranked": 3, **({"fallback/rerank_timeout": fallbacks} if fallbacks else {})},
         )
         for k, recall, ndcg in ((10, 0.7553, 0.6696), (100, 0.8973, 0.6901))
     ]
@@ -218,7 +219,11 @@ def test_table_has_a_row_per_k_with_every_figure():
 
 
 def test_table_warns_about_fallbacks():
-    assert "warning: 4 answer(s) fell back to first-stage order" in format_table(_result(fallbacks=2))
+    table = format_table(_result(fallbacks=2))
+    assert (
+        "warning: K = 10: 2 of 5 answer(s) not reranked (fallback/rerank_timeout 2); "
+        "latency and pairs/s are over the 3 reranked, NDCG over all"
+    ) in table
 
 
 def test_k_result_latency_figures():
