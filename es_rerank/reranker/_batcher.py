@@ -17,16 +17,24 @@ the first requests finish first while the later ones queue, which is what a
 deadline-bound caller wants. A job whose future is cancelled (the caller timed out
 and stopped waiting) is dropped before its next run, so it costs no more model time.
 
-A job may come with a deadline. The batcher keeps the model's time per token, measured
-on runs that fill at least half the token budget (what runs look like when work
-queues up). A job the queue ahead of it and its own tokens would take past its
-deadline at that rate is refused (:class:`Overloaded`) rather than queued, so its
-caller can answer at once instead of after waiting out its deadline.
+A job may come with a deadline. The batcher keeps the model's time per token, an
+exponentially weighted average over every run, each run weighted by its tokens (a run
+that fills the budget moves it halfway to what it measured, a one-pair run a little):
+a slow spell is forgotten within a few runs of it ending. Rises are damped (at most 2x
+a full run), so one stalled run does not make the model look slow for long. A job that
+the work queued ahead of it and its own tokens would take past its deadline at that
+rate is refused (:class:`Overloaded`) rather than queued, so its caller can answer at
+once instead of after waiting out its deadline; or, with ``partial``, only the first of
+its pairs that fit are queued. A job with nothing queued or running ahead of it is never
+refused on the estimate (unless its caller has a cheaper way out, ``admit_idle=False``):
+the estimate is only ever corrected by runs, and a model that no search reaches could
+never show it is fast again.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -44,6 +52,13 @@ logger = logging.getLogger("es_rerank.reranker")
 
 # (encodings of one run, padded width) -> one float32 score per encoding
 RunBatch = Callable[[Sequence[Encoded], int], np.ndarray]
+
+# A run that fills the token budget moves the rate estimate this share of the way
+# (in log space) to what it measured; smaller runs move it less, by their tokens.
+RATE_STEP = 0.5
+# The most one full run can raise the estimate: a single stalled run (a pause of the
+# host, a noisy neighbour) must not make the model look slow for many runs after it.
+RATE_RISE = 2.0
 
 
 class Overloaded(Exception):
@@ -89,6 +104,18 @@ class Job:
     def tokens(self) -> int:
         return int(self.lengths.sum())
 
+    def prefix_fitting(self, tokens: int) -> int:
+        """How many of the first encodings (the caller's order) hold at most ``tokens``."""
+        return int(np.searchsorted(np.cumsum(self.lengths), tokens, side="right"))
+
+    def keep_first(self, n: int) -> None:
+        """Score only the first ``n`` encodings (before it is queued)."""
+        self.encodings = self.encodings[:n]
+        self.lengths = self.lengths[:n]
+        self.order = np.argsort(-self.lengths, kind="stable")
+        self.remaining = n
+        self.scores = self.scores[:n]
+
 
 def _settle(future: Future, *, result: np.ndarray | None = None, error: BaseException | None = None) -> None:
     try:
@@ -112,6 +139,7 @@ class Batcher:
         pad_multiple: int,
         name: str,
         incoming: Callable[[], int] = lambda: 0,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
@@ -122,10 +150,12 @@ class Batcher:
         self.wait_s = wait_s
         self.pad_multiple = pad_multiple
         self.incoming = incoming
+        # Deadlines and the rate are read off this clock (tests pass a fake one).
+        self.clock = clock
         self.runs = 0  # model runs so far
         self.merged_runs = 0  # runs that carried pairs of more than one job
         self.refused = 0  # jobs refused: they would have finished past their deadline
-        # seconds a token on runs of at least half the budget (moving average), None until one ran
+        # seconds a token, averaged over runs weighted by their tokens; None until one ran
         self.seconds_per_token: float | None = None
         self._running_tokens = 0
         self._pending: deque[Job] = deque()
@@ -136,22 +166,34 @@ class Batcher:
 
     # -- callers ---------------------------------------------------------------------
 
-    def submit(self, job: Job, deadline: float | None = None) -> Future:
+    def submit(
+        self, job: Job, deadline: float | None = None, *, partial: bool = False, admit_idle: bool = True
+    ) -> Future:
         """Queue ``job``; its future gets the scores in the order of its encodings.
 
-        With a ``deadline`` (a ``time.perf_counter()`` value), a job the model would
-        finish past it is refused with :class:`Overloaded` instead.
+        With a ``deadline`` (a ``clock()`` value), a job the model would finish past it
+        is refused with :class:`Overloaded` instead; with ``partial`` only its first
+        encodings that fit are kept (``len(job.encodings)`` says how many, at least one).
+        With nothing queued or running ahead, a job is taken whatever the estimate
+        (with ``partial``, what fits, at least one) unless ``admit_idle`` is False.
         """
         with self._cond:
             if self._closed:
                 raise RuntimeError("batcher is closed")
-            now = time.perf_counter()
-            if deadline is not None:
-                wait = self._estimated_s(job.tokens())
-                if wait is not None and now + wait > deadline:
-                    self.refused += 1
-                    raise Overloaded(wait, deadline - now)
-            job.submitted = now
+            now = self.clock()
+            if deadline is not None and self.seconds_per_token is not None:
+                ahead = self._queued_tokens()
+                left = deadline - now
+                wait = (ahead + job.tokens()) * self.seconds_per_token
+                if wait > left:
+                    fits = job.prefix_fitting(int(max(0.0, left / self.seconds_per_token - ahead)))
+                    idle = ahead == 0 and admit_idle
+                    if partial and (fits > 0 or idle):
+                        job.keep_first(max(fits, 1))
+                    elif not idle:
+                        self.refused += 1
+                        raise Overloaded(wait, left)
+            job.submitted = time.perf_counter()
             self._pending.append(job)
             self._cond.notify()
         return job.future
@@ -165,8 +207,24 @@ class Batcher:
         """Seconds until ``tokens`` more would be scored, behind the run and the queue (lock held)."""
         if self.seconds_per_token is None:
             return None
-        queued = self._running_tokens + sum(job.pending_tokens() for job in self._pending)
-        return (queued + tokens) * self.seconds_per_token
+        return (self._queued_tokens() + tokens) * self.seconds_per_token
+
+    def _queued_tokens(self) -> int:
+        """Tokens of the run in progress and of the pending jobs (lock held)."""
+        return self._running_tokens + sum(job.pending_tokens() for job in self._pending)
+
+    def _learn(self, seconds: float, tokens: int) -> None:
+        """Move the rate toward one run's measure, by the share of the budget it filled (lock held)."""
+        if tokens <= 0 or seconds <= 0:
+            return
+        measured = seconds / tokens
+        last = self.seconds_per_token
+        if last is None:
+            self.seconds_per_token = measured
+            return
+        step = 1.0 - (1.0 - RATE_STEP) ** min(1.0, tokens / self.max_tokens)
+        shift = min(math.log(measured / last), math.log(RATE_RISE) / RATE_STEP)
+        self.seconds_per_token = last * math.exp(step * shift)
 
     def poke(self) -> None:
         """Wake the thread: a call it may be waiting for will not come (or came)."""
@@ -256,8 +314,6 @@ class Batcher:
                         self._pending.remove(job)
                 self._running_tokens = sum(int(job.lengths[positions].sum()) for job, positions in taken)
             self._run(taken)
-            with cond:
-                self._running_tokens = 0
 
     def _run(self, taken: list[tuple[Job, np.ndarray]]) -> None:
         encodings = [job.encodings[p] for job, positions in taken for p in positions]
@@ -266,6 +322,7 @@ class Batcher:
             for job, positions in taken
         )
         started = time.perf_counter()
+        clock_started = self.clock()
         for job, _ in taken:
             if job.started is None:
                 job.started = started
@@ -273,6 +330,7 @@ class Batcher:
             scores = self.run_batch(encodings, width)
         except BaseException as exc:  # noqa: BLE001 - handed to every caller of this run
             with self._cond:
+                self._running_tokens = 0
                 for job, _ in taken:
                     if job in self._pending:
                         self._pending.remove(job)
@@ -282,10 +340,11 @@ class Batcher:
                 raise
             return
         finished = time.perf_counter()
-        if len(encodings) * width * 2 >= self.max_tokens:  # a full run: the rate work queued up drains at
-            per_token = (finished - started) / max(1, self._running_tokens)
-            last = self.seconds_per_token
-            self.seconds_per_token = per_token if last is None else 0.8 * last + 0.2 * per_token
+        with self._cond:
+            # Every run teaches the rate; and the run is over before its callers hear of it,
+            # so a caller that submits again at once finds the model idle, not busy with itself.
+            self._learn(self.clock() - clock_started, self._running_tokens)
+            self._running_tokens = 0
         self.runs += 1
         merged = len(taken) > 1
         self.merged_runs += merged

@@ -182,15 +182,157 @@ def test_a_job_that_would_miss_its_deadline_is_refused_not_queued():
         batcher.close(ModelError("closed"))
 
 
-def test_small_runs_do_not_set_the_rate():
-    """Only runs of at least half the budget say how fast queued work drains."""
-    batcher = Batcher(FakeModel(), max_tokens=256, wait_s=0.0, pad_multiple=8, name="t")
+class FakeClock:
+    """Time that moves only when the fake model says a run took so long."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class TimedModel:
+    """score = sum of ids; each run advances ``clock`` by ``per_token`` x its tokens.
+    ``gate``, when set to an Event, holds each run until it is set (a run in progress)."""
+
+    def __init__(self, clock: FakeClock, per_token: float) -> None:
+        self.clock, self.per_token = clock, per_token
+        self.runs: list[int] = []  # tokens of each run
+        self.gate: threading.Event | None = None
+        self.started = threading.Event()
+
+    def __call__(self, encodings, width):
+        tokens = sum(len(e.ids) for e in encodings)
+        self.runs.append(tokens)
+        self.started.set()
+        if self.gate is not None:
+            assert self.gate.wait(10)
+        self.clock.now += self.per_token * tokens
+        return np.array([sum(e.ids) for e in encodings], dtype=np.float32)
+
+
+def timed_batcher(per_token: float, max_tokens: int = 256):
+    clock = FakeClock()
+    model = TimedModel(clock, per_token)
+    return Batcher(model, max_tokens=max_tokens, wait_s=0.0, pad_multiple=8, name="t", clock=clock), model, clock
+
+
+SEARCH = [[1] * 64] * 4  # 256 tokens: one full run at max_tokens 256
+
+
+def test_a_slow_spell_is_forgotten_within_five_searches():
+    """The rate comes down from every run: after the model is fast again, within five
+    searches even a search that could be refused (one with a cheaper way out) is taken."""
+    batcher, model, clock = timed_batcher(per_token=0.05)  # 12.8 s a search
     try:
-        batcher.submit(make_job([[1] * 8] * 3)).result(5)  # 3 x 8 tokens
-        assert batcher.seconds_per_token is None
-        batcher.submit(make_job([[1] * 64] * 2)).result(5)  # 2 x 64 = 128 of 256
-        assert batcher.seconds_per_token is not None
+        for _ in range(3):  # a slow spell: each idle search is still taken, never refused
+            batcher.submit(make_job(SEARCH), deadline=clock() + 9.0).result(5)
+        assert batcher.seconds_per_token * 256 > 9.0  # the model looks too slow for the budget
+        with pytest.raises(Overloaded):
+            batcher.submit(make_job(SEARCH), deadline=clock() + 9.0, admit_idle=False)
+        model.per_token = 1e-4  # fast again: 0.026 s a search
+        recovered = None
+        for search in range(1, 6):
+            batcher.submit(make_job(SEARCH), deadline=clock() + 9.0).result(5)
+            try:
+                batcher.submit(make_job(SEARCH), deadline=clock() + 0.5, admit_idle=False).result(5)
+            except Overloaded:
+                continue
+            recovered = search
+            break
+        assert recovered is not None, batcher.seconds_per_token
+        assert batcher.refused == 1 + recovered - 1
     finally:
+        batcher.close(ModelError("closed"))
+
+
+def test_a_single_sequential_client_is_never_shed():
+    """Nothing queued ahead: scored whatever the estimate says, through slow and fast spells."""
+    batcher, model, clock = timed_batcher(per_token=0.001)
+    try:
+        for i in range(40):
+            model.per_token = 0.2 if i % 10 < 3 else 0.001  # 51 s a search in the slow spells
+            np.testing.assert_array_equal(
+                batcher.submit(make_job(SEARCH), deadline=clock() + 1.0).result(5), expected(SEARCH)
+            )
+        assert batcher.refused == 0 and len(model.runs) == 40
+    finally:
+        batcher.close(ModelError("closed"))
+
+
+def test_after_a_20_s_stall_the_next_idle_search_is_scored_whole():
+    batcher, model, clock = timed_batcher(per_token=1e-4)
+    try:
+        batcher.submit(make_job(SEARCH)).result(5)
+        normal = batcher.seconds_per_token
+        model.per_token = 20.0 / 256  # one run stalls for 20 s
+        batcher.submit(make_job(SEARCH), deadline=clock() + 9.0).result(5)
+        assert batcher.seconds_per_token <= 2 * normal * 1.0001  # one stall raises it at most 2x
+        model.per_token = 1e-4
+        job = make_job(SEARCH)
+        batcher.submit(job, deadline=clock() + 9.0, partial=True, admit_idle=False).result(5)
+        assert len(job.encodings) == 4  # whole, not shrunk nor refused
+    finally:
+        batcher.close(ModelError("closed"))
+
+
+def test_every_run_teaches_the_rate_by_its_tokens():
+    batcher, model, clock = timed_batcher(per_token=1e-3)
+    try:
+        batcher.submit(make_job([[1] * 8])).result(5)  # a one-pair run sets the first estimate
+        assert batcher.seconds_per_token == pytest.approx(1e-3)
+        model.per_token = 1e-4
+        batcher.submit(make_job([[1] * 8])).result(5)  # 8 of 256 tokens: a small move
+        small = batcher.seconds_per_token
+        assert 5e-4 < small < 1e-3
+        batcher.submit(make_job(SEARCH)).result(5)  # a full run: halfway, in log space
+        assert batcher.seconds_per_token == pytest.approx((small * 1e-4) ** 0.5)
+    finally:
+        batcher.close(ModelError("closed"))
+
+
+def test_a_big_job_on_an_idle_model_is_partly_taken_when_the_caller_allows():
+    """A window four times what fits: its first pairs that fit are scored, not nothing."""
+    batcher, model, clock = timed_batcher(per_token=1e-3)
+    try:
+        batcher.submit(make_job(SEARCH)).result(5)  # rate: 1 ms a token
+        values = [[i + 1] * 64 for i in range(16)]  # 1024 tokens: 1.02 s
+        job = make_job(values)
+        scores = batcher.submit(job, deadline=clock() + 0.3, partial=True).result(5)
+        assert len(job.encodings) == 4  # 4 x 64 tokens fit in 0.3 s
+        np.testing.assert_array_equal(scores, expected(values[:4]))  # the caller's first four
+        assert model.runs[-1] == 256 and batcher.refused == 0
+        # without partial an idle job is still taken whole: no lock-up on an estimate
+        whole = make_job(values)
+        batcher.submit(whole, deadline=clock() + 0.3).result(5)
+        assert len(whole.encodings) == 16
+    finally:
+        batcher.close(ModelError("closed"))
+
+
+def test_behind_a_real_queue_a_job_that_cannot_make_it_is_refused_or_shrunk():
+    batcher, model, clock = timed_batcher(per_token=1e-3)
+    try:
+        batcher.submit(make_job(SEARCH)).result(5)  # rate: 1 ms a token
+        model.gate = threading.Event()
+        model.started.clear()
+        running = batcher.submit(make_job(SEARCH))  # 0.256 s in progress
+        assert model.started.wait(5)
+        queued = batcher.submit(make_job(SEARCH * 2))  # 0.512 s more queued
+        with pytest.raises(Overloaded):  # not idle: the estimate decides
+            batcher.submit(make_job(SEARCH), deadline=clock() + 0.9)
+        part = make_job(SEARCH)
+        batcher.submit(part, deadline=clock() + 0.9, partial=True)
+        assert len(part.encodings) == 2  # 0.768 s ahead leaves room for two pairs of 64
+        with pytest.raises(Overloaded):  # nothing fits: refused even with partial
+            batcher.submit(make_job(SEARCH), deadline=clock() + 0.5, partial=True)
+        model.gate.set()
+        running.result(5), queued.result(5), part.future.result(5)
+        assert batcher.refused == 2
+    finally:
+        if model.gate is not None:
+            model.gate.set()
         batcher.close(ModelError("closed"))
 
 
