@@ -38,9 +38,13 @@ class Reranker(Protocol):
         batch_size: int | None = None,
         stats: ScoreStats | None = None,
         budget_s: float | None = None,
+        partial: bool = False,
+        admit_idle: bool = True,
     ) -> np.ndarray:
         """:meth:`score` without blocking the event loop; with ``budget_s``, a call that
-        would not be scored within that many seconds raises ``ModelOverloadedError``."""
+        would not be scored within that many seconds raises ``ModelOverloadedError``, or
+        with ``partial`` returns the scores of only its first passages that fit. A call
+        with nothing queued ahead is taken whatever the estimate unless ``admit_idle`` is False."""
         ...
 
     def queue_wait_s(self) -> float | None:

@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -206,6 +206,10 @@ class OnnxReranker:
     before the session is made (:func:`~es_rerank.reranker.optimize.optimized_model_bytes`:
     one Attention node per layer, layer norms, BiasGelu); an already fused or
     quantised file is loaded as it is.
+
+    ``clock`` is the time deadlines and the batcher's rate are read off, and
+    ``wrap_session`` wraps the ONNX Runtime session after the warm-up: both for tests
+    (a fake clock, a slowed device).
     """
 
     def __init__(
@@ -229,6 +233,8 @@ class OnnxReranker:
         pad_multiple: int = 8,
         fuse_at_load: bool = True,
         allow_spinning: bool = False,
+        clock: Callable[[], float] = time.perf_counter,
+        wrap_session: Callable[[Any], Any] | None = None,
     ) -> None:
         if head not in ("auto", "single", "two"):
             raise ValueError(f"head must be 'auto', 'single' or 'two', got {head!r}")
@@ -313,8 +319,11 @@ class OnnxReranker:
         )
         if warmup:
             self._warm_up()
+        if wrap_session is not None:  # after the warm-up: e.g. a slowed device in tests
+            self._session = wrap_session(self._session)
         self._incoming = 0  # calls past their start, not yet handed to the batcher
         self._incoming_lock = threading.Lock()
+        self._clock = clock  # deadlines and the batcher's rate (tests pass a fake one)
         self._batcher = Batcher(
             self._run_batch,
             max_tokens=max_batch_tokens,
@@ -322,6 +331,7 @@ class OnnxReranker:
             pad_multiple=pad_multiple,
             name=name,
             incoming=lambda: self._incoming,
+            clock=clock,
         )
 
         logger.info(
@@ -525,11 +535,16 @@ class OnnxReranker:
         return _Call(out, list(todo), list(todo.values()), job)
 
     def _finish(self, call: _Call) -> np.ndarray:
-        if call.job is not None:
-            scores = call.job.scores
-            for score, positions in zip(scores, call.owners):
-                call.out[positions] = score
-            self.cache.put_many(list(zip(call.keys, scores.tolist())))
+        """The caller's scores; when the batcher kept only the first pairs (``partial``),
+        those of the passages before the first one left out."""
+        if call.job is None:
+            return call.out
+        scores = call.job.scores
+        for score, positions in zip(scores, call.owners):
+            call.out[positions] = score
+        self.cache.put_many(list(zip(call.keys, scores.tolist())))
+        if len(scores) < len(call.owners):
+            return call.out[: call.owners[len(scores)][0]]
         return call.out
 
     def score(
@@ -565,6 +580,8 @@ class OnnxReranker:
         batch_size: int | None = None,
         stats: ScoreStats | None = None,
         budget_s: float | None = None,
+        partial: bool = False,
+        admit_idle: bool = True,
     ) -> np.ndarray:
         """:meth:`score` without blocking the event loop: tokenizing and inference run on
         this model's threads.
@@ -573,15 +590,19 @@ class OnnxReranker:
         pairs of the call not yet run, so a timed-out request costs no further model time.
         With ``budget_s``, a call the model's queue would not score within that many
         seconds (at the rate it has been running) raises :class:`ModelOverloadedError`
-        as soon as it is tokenized, without being queued.
+        as soon as it is tokenized, without being queued; with ``partial`` as well, the
+        scores of the first passages that fit come back instead (fewer than given, at
+        least one). A call with nothing queued ahead of it is never refused on the
+        estimate unless ``admit_idle`` is False (its caller has a cheaper way out).
         """
         if self._session is None:
             raise ModelError(f"model {self.name!r} is closed")
         loop = asyncio.get_running_loop()
         ticket = _Ticket()
-        deadline = None if budget_s is None else time.perf_counter() + budget_s
+        deadline = None if budget_s is None else self._clock() + budget_s
+        admission = {"partial": partial, "admit_idle": admit_idle}
         prepare = functools.partial(
-            self._prepare_and_submit, ticket, deadline, query, list(passages), max_length, batch_size, stats or ScoreStats()
+            self._prepare_and_submit, ticket, deadline, admission, query, list(passages), max_length, batch_size, stats or ScoreStats()
         )
         self._arriving(+1)
         try:
@@ -593,7 +614,9 @@ class OnnxReranker:
             await asyncio.wrap_future(future)  # cancelling this cancels the job's future
         return self._finish(call)
 
-    def _prepare_and_submit(self, ticket: "_Ticket", deadline: float | None, *args: Any) -> tuple[_Call, Any] | None:
+    def _prepare_and_submit(
+        self, ticket: "_Ticket", deadline: float | None, admission: dict[str, bool], *args: Any
+    ) -> tuple[_Call, Any] | None:
         """On the tokenizer pool: cache, tokenize, hand over; nothing when the caller left."""
         with ticket.lock:
             if ticket.state == "abandoned":
@@ -601,7 +624,7 @@ class OnnxReranker:
             ticket.state = "running"
         try:
             call = self._prepare(*args)
-            future = self._submit(call.job, deadline) if call.job is not None else None
+            future = self._submit(call.job, deadline, **admission) if call.job is not None else None
             with ticket.lock:
                 abandoned = ticket.state == "abandoned"
                 ticket.state, ticket.future = "done", future
@@ -633,9 +656,9 @@ class OnnxReranker:
         if delta < 0:
             self._batcher.poke()
 
-    def _submit(self, job: Job, deadline: float | None = None) -> Any:
+    def _submit(self, job: Job, deadline: float | None = None, **admission: bool) -> Any:
         try:
-            return self._batcher.submit(job, deadline)
+            return self._batcher.submit(job, deadline, **admission)
         except Overloaded as exc:
             raise ModelOverloadedError(f"model {self.name!r} is overloaded: {exc}") from None
         except RuntimeError:

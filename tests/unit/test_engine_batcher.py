@@ -491,3 +491,36 @@ def test_a_call_the_queue_cannot_serve_in_time_is_refused_and_the_others_are_sco
         np.testing.assert_allclose(scores, want, atol=1e-5, rtol=0)
         assert refused_after < 0.1  # answered before its budget ran out
         assert reranker.engine_info()["refused"] == 1
+
+
+class ClockedSession:
+    """The real session; each run advances a fake clock by ``per_token`` x its tokens."""
+
+    def __init__(self, inner, clock: FakeClock, per_token: float) -> None:
+        self.inner, self.clock, self.per_token = inner, clock, per_token
+
+    def run(self, names, feeds, *args, **kwargs):
+        self.clock.now += self.per_token * feeds["input_ids"].size
+        return self.inner.run(names, feeds, *args, **kwargs)
+
+
+def test_a_partial_call_scores_the_first_passages_that_fit_cache_hits_free(tiny_model_dir):
+    clock = FakeClock()
+    with OnnxReranker(
+        "tiny", tiny_model_dir / "model.onnx", tiny_model_dir / "tokenizer.json",
+        batch_size=4, max_batch_tokens=256, batch_wait_ms=0, clock=clock,
+        wrap_session=lambda session: ClockedSession(session, clock, 1e-3),
+    ) as reranker:  # fmt: skip
+        texts = [f"passage number {i} " + "word " * 20 for i in range(12)]
+        want = np.concatenate([reranker.score(QUERIES[0], [t]) for t in texts])  # rate known; all cached
+        reranker.cache.clear()
+        reranker.score(QUERIES[0], texts[:2])  # the first two are cached again: free
+        pair_s = reranker.engine_info()["seconds_per_token"] * reranker.token_lengths(QUERIES[0], texts[:1])[0]
+
+        async def main():
+            return await reranker.ascore(QUERIES[0], texts, budget_s=2.5 * pair_s, partial=True)
+
+        got = asyncio.run(main())
+        assert 3 <= len(got) < len(texts)  # two free, then what the budget holds
+        np.testing.assert_allclose(got, want[: len(got)], atol=1e-5, rtol=0)
+        assert reranker.engine_info()["refused"] == 0
