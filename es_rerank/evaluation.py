@@ -12,8 +12,10 @@ For each window size K, every query is searched twice:
   code the server runs (parse, plan, upstream call, scoring, rebuild); black-box (a
   proxy URL) it is a running deployment.
 
-One query at a time (concurrency 1), so the rerank stage's latency, read from the
-``x-rerank-inference-ms`` header, is that of one request alone. Latency and pairs/s
+One query at a time by default (concurrency 1), so the rerank stage's latency, read
+from the ``x-rerank-inference-ms`` header, is that of one request alone; the
+in-process proxy runs with its score and token caches off, so a K does not reuse
+the scores of the K before it. Latency and pairs/s
 are taken over the answers the model reranked (``x-rerank: reranked``) only: an
 answer that fell back to first-stage order (timeout, overload, model error) costs
 what its deadline says, not what scoring costs, so it is counted apart, by
@@ -32,7 +34,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 from urllib.parse import quote
 
 import click
@@ -59,6 +61,7 @@ __all__ = [
     "rank_metrics",
     "evaluate",
     "evaluate_async",
+    "without_caches",
     "format_table",
     "fallback_lines",
     "plot_results",
@@ -305,6 +308,8 @@ class KResult:
     fallbacks: int  # answers the model did not rerank (x-rerank other than "reranked")
     per_query: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     outcomes: dict[str, int] = field(default_factory=dict)  # "x-rerank/x-rerank-reason" -> answers
+    concurrency: int = 1  # searches in flight at once
+    wall_s: float = 0.0  # wall-clock time of this K's searches
 
     @property
     def reranked_count(self) -> int:
@@ -320,7 +325,9 @@ class KResult:
 
     @property
     def pairs_per_s(self) -> float:
-        seconds = sum(self.rerank_ms) / 1000
+        # One search at a time: the rerank stages' own time. Concurrent searches
+        # overlap, so there it is the pairs over the wall-clock time.
+        seconds = sum(self.rerank_ms) / 1000 if self.concurrency == 1 else self.wall_s
         return self.pairs / seconds if seconds > 0 else math.nan
 
     def to_dict(self) -> dict[str, Any]:
@@ -528,9 +535,17 @@ async def evaluate_async(
     timeout: float = 300.0,
     progress: bool = False,
     target_name: str | None = None,
+    concurrency: int = 1,
+    on_query: Callable[[], None] | None = None,
 ) -> EvalResult:
-    """:func:`evaluate` inside a running event loop."""
+    """:func:`evaluate` inside a running event loop.
+
+    ``concurrency`` searches are in flight at once (1: one request alone);
+    ``on_query`` is called after each answered query (progress of a caller's own).
+    """
     ks = parse_ks(ks)
+    if concurrency < 1:
+        raise EvaluationError(f"concurrency must be at least 1, got {concurrency}")
     if (settings is None) == (proxy_url is None):
         raise EvaluationError("evaluate either in-process (settings) or a running proxy (proxy_url), not both")
     model: str | None = None
@@ -569,7 +584,7 @@ async def evaluate_async(
             from .app import create_app
 
             try:
-                own_app = app = create_app(settings)
+                own_app = app = create_app(without_caches(settings))
             except RerankError:
                 raise
             except Exception as exc:  # onnxruntime's own errors on a bad model file
@@ -588,7 +603,7 @@ async def evaluate_async(
         try:
             await _preflight(direct, proxy, path, template, data, ks, upstream, proxy_url or "the proxy")
             for k in ks:
-                results.append(await _run_k(direct, proxy, path, template, data, k, progress))
+                results.append(await _run_k(direct, proxy, path, template, data, k, progress, concurrency, on_query))
         finally:
             if own_app is not None:
                 await own_app.upstream.aclose()
@@ -610,6 +625,18 @@ async def evaluate_async(
     )
 
 
+def without_caches(settings: Settings) -> Settings:
+    """``settings`` with every model's score and token caches off.
+
+    Each K asks the same queries again: with the caches on, K = 20 would find the
+    scores of its first 10 passages from the K = 10 run and look cheaper than it is.
+    """
+    models = {
+        name: spec.model_copy(update={"cache_size": 0, "token_cache_size": 0}) for name, spec in settings.models.items()
+    }
+    return settings.model_copy(update={"models": models})
+
+
 async def _preflight(direct, proxy, path, template, data: EvalData, ks, upstream_url: str, proxy_name: str) -> None:
     """Fail before the long run: index reachable, and every K accepted by the proxy.
 
@@ -624,7 +651,10 @@ async def _preflight(direct, proxy, path, template, data: EvalData, ks, upstream
         _hits(await _post(proxy, path, body, proxy_name), f"{proxy_name} (K = {k})")
 
 
-async def _run_k(direct, proxy, path, template, data: EvalData, k: int, progress: bool) -> KResult:
+async def _run_k(
+    direct, proxy, path, template, data: EvalData, k: int, progress: bool,
+    concurrency: int = 1, on_query: Callable[[], None] | None = None,
+) -> KResult:
     from tqdm import tqdm
 
     first: dict[str, list[str]] = {}
@@ -635,16 +665,20 @@ async def _run_k(direct, proxy, path, template, data: EvalData, k: int, progress
     outcomes: Counter[str] = Counter()
     per_query_ms: dict[str, float] = {}
     per_query_outcome: dict[str, str] = {}
-    bar = tqdm(data.queries.items(), desc=f"K={k}", unit="q", disable=not progress, mininterval=2.0, leave=True)
-    for qid, text in bar:
-        body = first_stage_body(template, text, size=k)
-        first[qid] = _hits(await _post(direct, path, body, "OpenSearch"), "OpenSearch")
+    bar = tqdm(total=len(data.queries), desc=f"K={k}", unit="q", disable=not progress, mininterval=2.0, leave=True)
+    slots = asyncio.Semaphore(concurrency)
 
-        body = first_stage_body(template, text, size=PAGE)
-        body["ext"] = {"rerank": {"window_size": k}}
-        t0 = time.perf_counter()
-        response = await _post(proxy, path, body, "the proxy")
-        elapsed_ms = (time.perf_counter() - t0) * 1000
+    async def one(qid: str, text: str) -> None:
+        nonlocal pairs
+        async with slots:
+            body = first_stage_body(template, text, size=k)
+            first[qid] = _hits(await _post(direct, path, body, "OpenSearch"), "OpenSearch")
+
+            body = first_stage_body(template, text, size=PAGE)
+            body["ext"] = {"rerank": {"window_size": k}}
+            t0 = time.perf_counter()
+            response = await _post(proxy, path, body, "the proxy")
+            elapsed_ms = (time.perf_counter() - t0) * 1000
         reranked[qid] = _hits(response, "the proxy")
         status = response.headers.get("x-rerank", "")
         if status == "skipped":
@@ -662,10 +696,22 @@ async def _run_k(direct, proxy, path, template, data: EvalData, k: int, progress
             total_ms.append(elapsed_ms)
             window = min(int(response.headers.get("x-rerank-window", k)), len(first[qid]))
             pairs += int(response.headers.get("x-rerank-pairs", window))
+        bar.update(1)
         if progress:
             not_reranked = sum(outcomes.values()) - len(rerank_ms)
             bar.set_postfix(p50_ms=f"{_percentile(rerank_ms, 50):.0f}", not_reranked=not_reranked, refresh=False)
-    bar.close()
+        if on_query is not None:
+            on_query()
+
+    t_start = time.perf_counter()
+    tasks = [asyncio.ensure_future(one(qid, text)) for qid, text in data.queries.items()]
+    try:
+        await asyncio.gather(*tasks)
+    finally:  # one failed query stops the others
+        for task in tasks:
+            task.cancel()
+        bar.close()
+    wall_s = time.perf_counter() - t_start
     fs_means, fs_per_query = rank_metrics(data.qrels, first, recall_at=k)
     rr_means, rr_per_query = rank_metrics(data.qrels, reranked, recall_at=PAGE)
     per_query = {
@@ -687,6 +733,8 @@ async def _run_k(direct, proxy, path, template, data: EvalData, k: int, progress
         fallbacks=sum(outcomes.values()) - len(rerank_ms),
         per_query=per_query,
         outcomes=dict(outcomes),
+        concurrency=concurrency,
+        wall_s=wall_s,
     )
 
 
