@@ -13,6 +13,7 @@ from .errors import RerankError
 from .bench import bench
 from .evaluation import eval_command
 from .modeltools import model
+from .planning import plan_command
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "auto_envvar_prefix": "ES_RERANK"}
 
@@ -200,6 +201,7 @@ def demo(ctx: click.Context, port: int, opensearch_port: int, model_dir: Path | 
 main.add_command(model)
 main.add_command(eval_command)
 main.add_command(bench)
+main.add_command(plan_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
