@@ -20,6 +20,11 @@ __all__ = [
     "UpstreamError",
     "UpstreamUnavailableError",
     "UpstreamTimeoutError",
+    "UpstreamBadResponseError",
+    "ContentTooLongError",
+    "MethodNotAllowedError",
+    "ClientTimeoutError",
+    "AccessDeniedError",
     "LocalNodeError",
     "error_body",
 ]
@@ -96,6 +101,41 @@ class UpstreamTimeoutError(UpstreamError):
 
     status = 504
     type = "rerank_upstream_timeout_exception"
+
+
+class UpstreamBadResponseError(UpstreamError):
+    """OpenSearch answered something the proxy could not read (truncated, not JSON, bad gzip, odd shape)."""
+
+    status = 502
+    type = "rerank_upstream_bad_response_exception"
+
+
+class ContentTooLongError(RerankError):
+    """A request body past ``server.max_content_length`` (OpenSearch's http.max_content_length)."""
+
+    status = 413
+    type = "rerank_content_too_long_exception"
+
+
+class MethodNotAllowedError(RerankError):
+    """An HTTP method OpenSearch has no handler for."""
+
+    status = 405
+    type = "rerank_method_not_allowed_exception"
+
+
+class ClientTimeoutError(RerankError):
+    """The client stopped sending its body for longer than ``server.idle_timeout``."""
+
+    status = 408
+    type = "rerank_request_timeout_exception"
+
+
+class AccessDeniedError(RerankError):
+    """The credentials do not open es-rerank's own endpoints."""
+
+    status = 401
+    type = "rerank_security_exception"
 
 
 class LocalNodeError(RerankError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -19,7 +20,15 @@ from .config import IndexSettings
 from .errors import BadRequestError, UnknownModelError
 from .querytext import query_text, rerank_ext, strip_rerank_ext
 
-__all__ = ["SearchPlan", "plan_search", "passthrough_plan", "rebuild_response", "DEFAULT_SIZE"]
+__all__ = [
+    "SearchPlan",
+    "plan_search",
+    "passthrough_plan",
+    "rebuild_response",
+    "response_problem",
+    "msearch_problem",
+    "DEFAULT_SIZE",
+]
 
 DEFAULT_SIZE = 10  # OpenSearch's default page size
 _EXT_KEYS = {"enabled", "window_size", "model", "query_context"}
@@ -46,6 +55,9 @@ class SearchPlan:
     added_fields: tuple[str, ...] = field(default_factory=tuple)
 
 
+_ASCII_INT = re.compile(r"-?[0-9]+")
+
+
 def _param(params: Sequence[tuple[str, str]], name: str) -> str | None:
     value = None
     for key, val in params:
@@ -61,7 +73,7 @@ def _int_option(name: str, raw: Any) -> int:
         raise ValueError(name)
     if isinstance(raw, int):
         return raw
-    if isinstance(raw, str) and raw.strip().lstrip("-").isdigit():
+    if isinstance(raw, str) and _ASCII_INT.fullmatch(raw):  # Java's parseInt: ASCII digits only
         return int(raw)
     raise ValueError(name)
 
@@ -157,8 +169,10 @@ def plan_search(
         return passthrough_plan(body, params, "sort")
 
     try:
-        size = _int_option("size", _param(params, "size") or body.get("size", DEFAULT_SIZE))
-        from_ = _int_option("from", _param(params, "from") or body.get("from", 0))
+        # A URL parameter wins over the body, even when empty (OpenSearch then refuses it).
+        url_size, url_from = _param(params, "size"), _param(params, "from")
+        size = _int_option("size", url_size if url_size is not None else body.get("size", DEFAULT_SIZE))
+        from_ = _int_option("from", url_from if url_from is not None else body.get("from", 0))
     except ValueError:
         # Let OpenSearch answer the invalid value with its own error.
         return passthrough_plan(body, params, "invalid_paging")
@@ -258,3 +272,28 @@ def rebuild_response(
     if isinstance(out.get("took"), int):
         out["took"] = out["took"] + proxy_ms
     return out
+
+
+def response_problem(data: Any) -> str | None:
+    """Why a search answer cannot be reranked (its shape is not OpenSearch's), or None."""
+    if not isinstance(data, Mapping):
+        return f"the answer is a {type(data).__name__}, not an object"
+    hits = data.get("hits")
+    if not isinstance(hits, Mapping):
+        return f"[hits] is {type(hits).__name__}, not an object"
+    if not isinstance(hits.get("hits"), list) or not all(isinstance(h, Mapping) for h in hits["hits"]):
+        return "[hits.hits] is not a list of hits"
+    return None
+
+
+def msearch_problem(data: Any) -> str | None:
+    """Why an ``_msearch`` answer cannot be reranked, or None (items with an error are fine)."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("responses"), list):
+        return "[responses] is not a list"
+    for i, item in enumerate(data["responses"]):
+        if isinstance(item, Mapping) and "error" in item:
+            continue
+        problem = response_problem(item)
+        if problem is not None:
+            return f"item {i}: {problem}"
+    return None

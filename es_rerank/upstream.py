@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 import zlib
 from dataclasses import dataclass
 from typing import Iterable
@@ -11,9 +13,11 @@ import aiohttp
 from yarl import URL
 
 from .config import UpstreamSettings
-from .errors import UpstreamTimeoutError, UpstreamUnavailableError
+from .errors import UpstreamBadResponseError, UpstreamTimeoutError, UpstreamUnavailableError
 
-__all__ = ["Upstream", "UpstreamResponse", "HOP_BY_HOP", "forwardable_headers", "response_headers"]
+__all__ = ["Upstream", "UpstreamResponse", "UpstreamState", "HOP_BY_HOP", "forwardable_headers", "response_headers"]
+
+logger = logging.getLogger("es_rerank.upstream")
 
 # RFC 9110 section 7.6.1 hop-by-hop headers, plus the ones the client library
 # recomputes for the new connection (host, content-length).
@@ -32,6 +36,11 @@ HOP_BY_HOP = frozenset(
     }
 )
 _RECOMPUTED = frozenset({"host", "content-length"})
+# The proxy has read the whole body before it asks OpenSearch, so a 100-continue
+# handshake with OpenSearch only risks a stall (RFC 9110 10.1.1: a proxy may drop it).
+_REQUEST_ONLY = frozenset({"expect"})
+# After these OpenSearch's HTTP decoder may be left mid-frame: never reuse the connection.
+_CLOSE_AFTER = frozenset({400, 408, 413, 414, 431})
 
 
 def _without(headers: Iterable[tuple[str, str]], skip: frozenset[str]) -> list[tuple[str, str]]:
@@ -50,7 +59,7 @@ def forwardable_headers(
     headers: Iterable[tuple[str, str]], *, drop: frozenset[str] = frozenset()
 ) -> list[tuple[str, str]]:
     """Request headers to send on: minus hop-by-hop ones, host and content-length."""
-    return _without(headers, HOP_BY_HOP | _RECOMPUTED | drop)
+    return _without(headers, HOP_BY_HOP | _RECOMPUTED | _REQUEST_ONLY | drop)
 
 
 def response_headers(
@@ -68,6 +77,27 @@ class UpstreamResponse:
     content: bytes
 
 
+@dataclass(slots=True)
+class UpstreamState:
+    """What the proxy last saw of OpenSearch (for ``/_rerank/health`` and the log)."""
+
+    reachable: bool | None = None
+    last_status: int | None = None
+    last_error: str | None = None
+    changed_at: float | None = None
+
+    def public(self) -> dict:
+        return {"reachable": self.reachable}
+
+    def details(self) -> dict:
+        return {
+            "reachable": self.reachable,
+            "last_status": self.last_status,
+            "last_error": self.last_error,
+            "since": self.changed_at,
+        }
+
+
 class Upstream:
     """Sends requests to OpenSearch; transport errors become es-rerank errors.
 
@@ -79,6 +109,10 @@ class Upstream:
     def __init__(self, settings: UpstreamSettings, *, session: aiohttp.ClientSession | None = None) -> None:
         self.settings = settings
         self.base_url = settings.url.rstrip("/")
+        base = URL(self.base_url)
+        self._scheme, self._host, self._port = base.scheme, base.host, base.port
+        self._base_path = base.raw_path.rstrip("/")
+        self.state = UpstreamState()
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=settings.timeout, sock_connect=settings.connect_timeout)
 
@@ -105,38 +139,92 @@ class Upstream:
         headers: list[tuple[str, str]] | None = None,
         content: bytes | None = None,
         decode: bool = False,
+        timeout: float | None = None,
     ) -> UpstreamResponse:
         """One request; ``raw_path`` and ``query`` are sent as received (still encoded).
 
         With ``decode`` the body comes back decompressed (for the proxy to parse);
         without it, byte for byte as OpenSearch sent it (for pass-through).
         """
-        target = (raw_path + (b"?" + query if query else b"")).decode("latin-1")
-        url = URL(self.base_url + target, encoded=True)
+        url = self.url_for(raw_path, query)
+        options = {"timeout": aiohttp.ClientTimeout(total=timeout, sock_connect=timeout)} if timeout else {}
         try:
             async with self._get_session().request(
-                method, url, headers=headers, data=content or None, allow_redirects=False
+                method,
+                url,
+                headers=headers,
+                data=content or None,
+                allow_redirects=False,
+                **options,
             ) as response:
-                body = await response.read()
                 status = response.status
+                if status in _CLOSE_AFTER and response.connection is not None:
+                    response.connection.protocol.force_close()
+                body = await response.read()
                 out_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
             if isinstance(exc, getattr(aiohttp, "ConnectionTimeoutError", ())):
-                raise UpstreamUnavailableError(
-                    f"OpenSearch did not accept a connection within {self.settings.connect_timeout}s"
+                raise self._down(
+                    UpstreamUnavailableError(
+                        f"OpenSearch at {self.base_url} did not accept a connection within {self.settings.connect_timeout}s"
+                    )
                 ) from None
-            raise UpstreamTimeoutError(f"OpenSearch did not answer within {self.settings.timeout}s") from None
+            raise self._down(
+                UpstreamTimeoutError(f"OpenSearch at {self.base_url} did not answer within {timeout or self.settings.timeout}s")
+            ) from None
+        except aiohttp.ClientPayloadError as exc:
+            raise self._down(UpstreamBadResponseError(f"OpenSearch at {self.base_url} sent a broken answer: {exc}")) from None
         except aiohttp.ClientError as exc:
-            raise UpstreamUnavailableError(f"OpenSearch is unavailable: {type(exc).__name__}") from None
+            cause = str(exc) or type(exc).__name__
+            raise self._down(UpstreamUnavailableError(f"OpenSearch at {self.base_url} is unavailable: {cause}")) from None
+        self._up(status)
         if decode:
             encoding = next((v.lower() for k, v in out_headers if k.lower() == "content-encoding"), "")
             if encoding in ("gzip", "deflate"):
-                body = zlib.decompress(body, wbits=47)  # 47: gzip or zlib header, detected
+                try:
+                    body = zlib.decompress(body, wbits=47)  # 47: gzip or zlib header, detected
+                except zlib.error as exc:
+                    raise UpstreamBadResponseError(
+                        f"OpenSearch at {self.base_url} sent a {encoding} body that does not decompress: {exc}"
+                    ) from None
             # The body is now decoded: its old encoding and length no longer apply.
             out_headers = [
                 (k, v) for k, v in out_headers if k.lower() not in ("content-encoding", "content-length")
             ]
         return UpstreamResponse(status=status, headers=out_headers, content=body)
+
+    def url_for(self, raw_path: bytes, query: bytes = b"") -> URL:
+        """The upstream URL: the configured scheme, host and port, whatever the request
+        target says (it is made origin-form, never concatenated onto the authority)."""
+        path = raw_path.decode("latin-1")
+        if not path.startswith("/"):
+            path = "/" + path
+        return URL.build(
+            scheme=self._scheme,
+            host=self._host,
+            port=self._port,
+            path=self._base_path + path,
+            query_string=query.decode("latin-1"),
+            encoded=True,
+        )
+
+    def _up(self, status: int) -> None:
+        state = self.state
+        state.last_status = status
+        if state.reachable is not True:
+            logger.info("OpenSearch at %s is reachable (HTTP %d)", self.base_url, status)
+            state.reachable, state.last_error, state.changed_at = True, None, time.time()
+
+    def _down(self, error: Exception) -> Exception:
+        state = self.state
+        if isinstance(error, UpstreamBadResponseError):
+            state.last_error = str(error)
+            return error
+        if state.reachable is not False:
+            logger.warning("%s", error)
+            state.reachable, state.changed_at = False, time.time()
+        state.last_error = str(error)
+        return error
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -77,17 +77,22 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 class ServedApp:
-    """An ASGI app served by uvicorn on a free loopback port, in a thread."""
+    """An ASGI app served by uvicorn on a free loopback port, in a thread, with
+    es-rerank's HTTP protocol (``limits``: its own, else the app's settings')."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, limits=None) -> None:
         import uvicorn
+
+        from es_rerank.httpserver import limits_from, uvicorn_config
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning",
-            server_header=False, date_header=False, lifespan="on",
-        )
+        settings = getattr(app, "settings", None)
+        if limits is None and settings is not None:
+            limits = limits_from(settings.server)
+        kwargs = {} if limits is None else {"limits": limits}
+        # The proxy's own protocol and limits, as `es-rerank serve` runs it.
+        config = uvicorn_config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", **kwargs)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -1,0 +1,55 @@
+"""Which flow a request takes: (method, raw path, settings) -> :class:`Route`. Pure.
+
+Routing reads the path as sent, segment by segment, each segment decoded on its
+own: ``/_rerank%2Fhealth`` is one segment, as OpenSearch reads it, so it never
+reaches es-rerank's own endpoints.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from .config import IndexSettings, Settings
+
+__all__ = ["RouteKind", "Route", "route", "OPENSEARCH_METHODS"]
+
+# The methods OpenSearch's REST layer knows (RestRequest.Method); others it drops.
+OPENSEARCH_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "TRACE", "CONNECT"})
+
+
+class RouteKind(str, enum.Enum):
+    OWN = "own"
+    SEARCH = "search"
+    MSEARCH = "msearch"
+    PASSTHROUGH = "passthrough"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    kind: RouteKind
+    spec: IndexSettings | None = None  # SEARCH: the index's settings
+    target: str | None = None  # MSEARCH: the path's index expression, if any
+    own_path: str = ""  # OWN: e.g. "health"
+
+
+def route(method: str, raw_path: bytes, settings: Settings) -> Route:
+    segments = [unquote(s) for s in raw_path.decode("latin-1").split("?", 1)[0].split("/") if s]
+    if len(segments) == 2 and segments[0] == "_rerank":
+        return Route(RouteKind.OWN, own_path=segments[1])
+    if method not in ("GET", "POST"):
+        return Route(RouteKind.PASSTHROUGH)
+    if len(segments) == 2 and segments[1] == "_search" and not segments[0].startswith("_"):
+        spec = settings.index_for(segments[0])
+        if spec is not None:
+            return Route(RouteKind.SEARCH, spec=spec)
+    if segments and segments[-1] == "_msearch":
+        if len(segments) == 1:
+            return Route(RouteKind.MSEARCH)
+        if len(segments) == 2 and not segments[0].startswith("_"):
+            return Route(RouteKind.MSEARCH, target=segments[0])
+    return Route(RouteKind.PASSTHROUGH)
