@@ -161,38 +161,62 @@ def index(config_file: Path, index: str, corpus: Path, mapping: Path | None, rec
 @main.command()
 @click.option("--port", default=8000, type=int, help="es-rerank's port")
 @click.option("--opensearch-port", default=9200, type=int, help="the local OpenSearch's port")
+@click.option("--opensearch-url", default=None, metavar="URL", help="use this running OpenSearch instead of starting a local one")
 @click.option("--model", "model_dir", default=None, type=click.Path(file_okay=False, path_type=Path), help="model directory [default: demo/model]")
 @click.option("--corpus", default=None, type=click.Path(dir_okay=False, path_type=Path), help="[default: demo/scifact/corpus.jsonl.gz]")
+@click.option("--index", "index_name", default="scifact", help="the index to fill and rerank")
 @click.option("--window", default=20, type=int, help="K: hits reranked per search (CPU: 20 answers in about a second)")
+@click.option("--write-config", "config_out", default="es-rerank.demo.yaml", type=click.Path(dir_okay=False, path_type=Path), help="where to write the config the demo serves (for serve, eval and plan)")
 @click.pass_context
-def demo(ctx: click.Context, port: int, opensearch_port: int, model_dir: Path | None, corpus: Path | None, window: int) -> None:
+def demo(ctx: click.Context, port: int, opensearch_port: int, opensearch_url: str | None, model_dir: Path | None,
+         corpus: Path | None, index_name: str, window: int, config_out: Path) -> None:
     """Start OpenSearch, index SciFact, serve es-rerank with the demo model."""
+    import logging
+    import socket
+
     from .localnode import LocalOpenSearch
-    from .server import demo_settings, prepare_demo_index, repo_root, serve as run
+    from .config import settings_from_dict
+    from .server import demo_config, prepare_demo_index, repo_root, serve as run, when_serving, write_demo_config
 
     root = repo_root()
     model_dir = model_dir or root / "demo" / "model"
     corpus = corpus or root / "demo" / "scifact" / "corpus.jsonl.gz"
     mapping = root / "mappings" / "scifact.json"
+    # The demo tells its own progress; the indexer's log lines would say it a second time.
+    logging.getLogger("es_rerank.indexing").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         for path in (model_dir, corpus, mapping):
             if not path.exists():
                 raise RerankError(f"{path} not found: run the demo from a checkout of es-rerank, or pass --model/--corpus")
-        node = LocalOpenSearch(port=opensearch_port, on_progress=click.echo)
-        status = node.start()
-        click.echo(f"OpenSearch {status.version} at {status.url}")
-        prepare_demo_index(status.url, corpus, mapping, echo=click.echo)
-        settings = demo_settings(upstream_url=status.url, model_dir=model_dir, port=port, window=window)
+        with socket.socket() as probe:  # a taken port would answer the "serving" check for someone else
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                raise RerankError(f"port {port} is taken: pass another --port") from None
+        if opensearch_url is None:
+            status = LocalOpenSearch(port=opensearch_port, on_progress=click.echo).start()
+            upstream, where = status.url, f"OpenSearch {status.version} at {status.url}"
+        else:
+            upstream, where = opensearch_url.rstrip("/"), f"OpenSearch at {opensearch_url}"
+        click.echo(where)
+        prepare_demo_index(upstream, corpus, mapping, index=index_name, echo=click.echo)
+        config = demo_config(upstream_url=upstream, model_dir=model_dir, port=port, window=window, index=index_name)
+        settings = settings_from_dict(config, env={})
+        written = write_demo_config(config_out, config)
+        click.echo(f"wrote the config it serves to {written}")
         proxy = f"http://127.0.0.1:{port}"
         query = '{"query":{"match":{"text":"vitamin D deficiency and depression"}},"size":5,"_source":["title"]}'
-        click.echo(
-            f"\nes-rerank on {proxy}: index [scifact] reranked with K = {window} on CPU "
+        stop = "Stop with Ctrl-C." if opensearch_url else f"Stop with Ctrl-C; `es-rerank opensearch stop --port {opensearch_port}` stops OpenSearch."
+        banner = (
+            f"\nes-rerank serving on {proxy}: index [{index_name}] reranked with K = {window} on CPU "
             f"(about a second a search; raise --window for quality, lower it for speed).\n"
             f"Try the same query direct and through es-rerank:\n"
-            f"  curl -s -H 'content-type: application/json' '{status.url}/scifact/_search?pretty' -d '{query}'\n"
-            f"  curl -s -H 'content-type: application/json' '{proxy}/scifact/_search?pretty' -d '{query}'\n"
-            f"Stop with Ctrl-C; `es-rerank opensearch stop --port {opensearch_port}` stops OpenSearch.\n"
+            f"  curl -s -H 'content-type: application/json' '{upstream}/{index_name}/_search?pretty' -d '{query}'\n"
+            f"  curl -s -H 'content-type: application/json' '{proxy}/{index_name}/_search?pretty' -d '{query}'\n"
+            f"Measure it: es-rerank eval --config {written} --index {index_name} ...  (see README)\n{stop}\n"
         )
+        click.echo("loading the model ...")
+        when_serving("127.0.0.1", port, lambda: click.echo(banner))
         run(settings, port=port, log_level=ctx.obj["log_level"])
     except RerankError as exc:
         _fail(exc)

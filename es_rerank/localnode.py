@@ -252,9 +252,11 @@ class LocalOpenSearch:
                 os.chmod(directory, stat.S_IMODE(directory.stat().st_mode) | 0o755)
 
     def _progress(self, message: str) -> None:
-        logger.info(message)
         if self._on_progress is not None:
+            logger.debug(message)  # the caller shows it: once is enough
             self._on_progress(message)
+        else:
+            logger.info(message)
 
     # -- fetch ---------------------------------------------------------------
 

@@ -85,24 +85,26 @@ def write_demo_config(path: Path, config: dict) -> Path:
     return path
 
 
-def when_serving(url: str, callback: Callable[[], None], *, timeout: float = 600.0) -> threading.Thread:
-    """Call ``callback`` once ``url``/_rerank/health answers (the port is bound, the app serving).
+def when_serving(host: str, port: int, callback: Callable[[], None], *, timeout: float = 600.0) -> threading.Thread:
+    """Call ``callback`` once ``host:port`` accepts a connection (uvicorn binds after the app's startup).
 
-    A daemon thread polling every 0.2 s, for at most ``timeout`` seconds: the serving
-    code is left as it is, and nothing is announced before a client could connect.
+    A daemon thread trying every 0.2 s, for at most ``timeout`` seconds: the serving
+    code is left as it is, and nothing is announced before a client could connect. A
+    bare connection, not a request: no access-log line for it.
     """
-    import httpx
+    import socket
 
     def wait() -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{url}/_rerank/health", timeout=2.0).status_code == 200:
-                    callback()
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+                with socket.create_connection((host, port), timeout=2.0):
+                    pass
+            except OSError:  # not bound yet
+                time.sleep(0.2)
+                continue
+            callback()
+            return
 
     thread = threading.Thread(target=wait, name="es-rerank-demo-announce", daemon=True)
     thread.start()
