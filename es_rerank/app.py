@@ -15,21 +15,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .config import IndexSettings, Settings
-from .errors import ModelOverloadedError, RerankError, error_body
-from .passages import aggregate_scores, hit_text, split_passages
-from .reranker import OnnxReranker, Reranker, ScoreStats
+from .errors import RerankError, error_body
+from .reranker import OnnxReranker, Reranker
 from .metrics import CONTENT_TYPE_LATEST, Metrics, RequestTimings
 from .msearch import item_target, parse_msearch, serialize_msearch
-from .search import SearchPlan, passthrough_plan, plan_search, rebuild_response, window_hits
+from .scoring import Outcome, Scorer
+from .search import SearchPlan, passthrough_plan, plan_search
 from .upstream import Upstream, UpstreamResponse, forwardable_headers, response_headers
 
 __all__ = ["RerankProxy", "create_app", "load_rerankers"]
 
 logger = logging.getLogger("es_rerank")
 
-# A search is shed when the model's queue would finish it past this share of
-# rerank_timeout: the estimate is a moving average and the rest of the request needs time too.
-SHED_AT = 0.9
 _JSON_TYPES = ("application/json", "application/x-ndjson", "text/plain")
 _OFF = {"false", "0", "off", "no"}
 
@@ -92,6 +89,7 @@ class RerankProxy:
         self.metrics = metrics or Metrics()
         for name, reranker in self.rerankers.items():
             self.metrics.watch_queue(name, reranker.queue_wait_s)
+        self.scorer = Scorer(settings.server, self.rerankers, self.metrics)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -224,7 +222,7 @@ class RerankProxy:
             return await self.passthrough(request, extra=[("x-rerank", "skipped"), ("x-rerank-reason", "source_param")])
 
         plan = self._plan(spec, body, params, request)
-        if plan.rerank and self._overloaded(plan):
+        if plan.rerank and self._overloaded(plan, spec):
             # The model could not score this in time even if it were first in line after the
             # work queued now: answer OpenSearch's own response, as cheaply as a skip.
             plan = passthrough_plan(body, params, "overloaded")
@@ -254,27 +252,23 @@ class RerankProxy:
         upstream_ms = (time.perf_counter() - t_upstream) * 1000
         if answer.status != 200:
             return self._relay(answer, [("x-rerank", "skipped"), ("x-rerank-reason", "upstream_error")])
-        rebuilt, outcome, timings = await self._rerank(
+        rebuilt, scored, timings = await self._rerank(
             plan, spec, json.loads(answer.content), started, upstream_ms, client_gone=_disconnect(request)
         )
         extra = [
-            ("x-rerank", outcome[0]),
-            ("x-rerank-reason", outcome[1]),
-            ("x-rerank-model", plan.model or ""),
-            ("x-rerank-provider", str(self.rerankers[plan.model].info().get("provider", ""))),
-            ("x-rerank-window", str(plan.window)),
+            ("x-rerank", scored.outcome),
+            ("x-rerank-reason", scored.reason),
+            ("x-rerank-model", scored.model),
+            ("x-rerank-provider", str(self.rerankers[scored.model].info().get("provider", ""))),
+            ("x-rerank-window", str(scored.window)),
             *timings.headers(),
             ("x-rerank-total-ms", f"{(time.perf_counter() - started) * 1000:.1f}"),
         ]
         return self._relay(_rebuilt(request, answer.headers, _dumps(rebuilt, params)), extra)
 
-    def _overloaded(self, plan: SearchPlan) -> bool:
-        """The model's queue alone would outlast ``rerank_timeout`` (with ``shed_overload``)."""
-        server = self.settings.server
-        if not server.shed_overload:
-            return False
-        wait = self.rerankers[plan.model].queue_wait_s()
-        return wait is not None and wait > SHED_AT * server.rerank_timeout
+    def _overloaded(self, plan: SearchPlan, spec: IndexSettings) -> bool:
+        """Every model the search could use has a queue that alone outlasts the budget."""
+        return self.scorer.overloaded(plan, spec)
 
     def _plan(self, spec: IndexSettings, body: Any, params, request: Request) -> SearchPlan:
         return plan_search(
@@ -290,16 +284,9 @@ class RerankProxy:
         self, plan: SearchPlan, spec: IndexSettings, data: dict, started: float, upstream_ms: float,
         client_gone: Awaitable[None] | None = None,
     ):
-        """Score, reorder and rebuild one search response; also records its metrics.
-
-        ``client_gone`` completes when the client disconnects: scoring stops then, so a
-        search nobody waits for any more costs no further model time."""
-        timings = RequestTimings(upstream_ms=upstream_ms)
-        scores, outcome = await self._score(self.rerankers[plan.model], plan, spec, data, timings, client_gone)
-        self.metrics.observe_rerank(timings)
-        proxy_ms = int(round((time.perf_counter() - started) * 1000 - upstream_ms))
-        rebuilt = rebuild_response(plan, data, scores, proxy_ms=proxy_ms, expose_first_stage=spec.expose_first_stage)
-        return rebuilt, outcome, timings
+        """Score (degrading as the index says), reorder and rebuild one search response
+        (:mod:`es_rerank.scoring`): ``(rebuilt, Scored, RequestTimings)``."""
+        return await self.scorer.rerank(plan, spec, data, started, upstream_ms, client_gone)
 
     async def msearch(self, request: Request, default_target: str | None) -> Response:
         """Each item planned as a ``_search``; one upstream ``_msearch``; items scored concurrently."""
@@ -348,87 +335,42 @@ class RerankProxy:
         # Items es-rerank refused never went upstream: pair the rest in order.
         paired = [(item, None if isinstance(item, RerankError) else next(upstream_items, None)) for item in items]
 
-        async def one(item, result) -> tuple[Any, bool]:
+        async def one(item, result) -> tuple[Any, Outcome]:
             if isinstance(item, RerankError):
-                return item.to_body(), False
-            if item is None or not item[1].rerank or not isinstance(result, dict) or "error" in result:
-                return result, False
-            rebuilt, outcome, _ = await self._rerank(item[1], item[0], result, started, upstream_ms)
-            return rebuilt, outcome[0] == "reranked"
+                return item.to_body(), Outcome.ERROR
+            if not isinstance(result, dict) or "error" in result:
+                return result, Outcome.ERROR
+            if item is None or not item[1].rerank:
+                return result, Outcome.SKIPPED
+            rebuilt, scored, _ = await self._rerank(item[1], item[0], result, started, upstream_ms)
+            return rebuilt, scored.outcome  # fallback items say so, as a _search does
 
         done = await asyncio.gather(*(one(i, r) for i, r in paired))
         data["responses"] = [body for body, _ in done]
-        n = sum(1 for _, reranked in done if reranked)
+        counts = {outcome: sum(1 for _, o in done if o is outcome) for outcome in Outcome}
+        n = counts[Outcome.RERANKED]
+        overall = Outcome.RERANKED if n else Outcome.FALLBACK if counts[Outcome.FALLBACK] else Outcome.SKIPPED
         extra = [
-            ("x-rerank", "reranked" if n else "skipped"),
+            ("x-rerank", overall),
             ("x-rerank-reason", "msearch_items"),  # a fixed reason: metrics labels stay bounded
-            ("x-rerank-items", f"{n}/{len(items)}"),
+            ("x-rerank-items", f"{n}/{len(items)}"),  # reranked of all items, then each outcome's count
+            ("x-rerank-item-outcomes", ",".join(f"{outcome}={count}" for outcome, count in counts.items())),
         ]
         return self._relay(_rebuilt(request, answer.headers, _dumps(data, parse_qsl(query.decode("latin-1")))), extra)
 
     async def _score(
         self, reranker: Reranker, plan: SearchPlan, spec: IndexSettings, data: dict, timings: RequestTimings,
         client_gone: Awaitable[None] | None = None,
-    ) -> tuple[np.ndarray | None, tuple[str, str]]:
-        """Scores for the window, or None and the reason when the model failed or timed out."""
-        passages = [hit_text(h, spec.fields, spec.template) for h in window_hits(plan, data)]
-        stats = timings.stats
-        t0 = time.perf_counter()
-        timeout = self.settings.server.rerank_timeout
-        deadline = t0 + SHED_AT * timeout if self.settings.server.shed_overload else None
-        scoring = asyncio.ensure_future(
-            asyncio.wait_for(self._score_passages(reranker, plan.query, passages, spec, stats, deadline), timeout=timeout)
-        )
-        gone = asyncio.ensure_future(client_gone) if client_gone is not None else None
-        try:
-            if gone is not None:
-                await asyncio.wait({scoring, gone}, return_when=asyncio.FIRST_COMPLETED)
-                if not scoring.done():
-                    scoring.cancel()  # its pairs not yet run are dropped from the model's queue
-                    logger.info("client closed the connection; scoring stopped")
-                    timings.rerank_ms = (time.perf_counter() - t0) * 1000
-                    return None, ("fallback", "client_closed")
-            scores = await scoring
-            outcome = ("reranked", "reranked")
-        except ModelOverloadedError as exc:
-            logger.info("%s; answering first-stage order", exc)
-            scores, outcome = None, ("fallback", "overloaded")
-        except asyncio.TimeoutError:
-            logger.warning("rerank timed out after %.1fs; answering first-stage order", self.settings.server.rerank_timeout)
-            scores, outcome = None, ("fallback", "rerank_timeout")
-        except Exception:
-            logger.exception("reranker %s failed; answering first-stage order", plan.model)
-            scores, outcome = None, ("fallback", "rerank_error")
-        finally:
-            if gone is not None:
-                gone.cancel()
-        timings.rerank_ms = (time.perf_counter() - t0) * 1000
-        return scores, outcome
-
-    @staticmethod
-    async def _score_passages(
-        reranker: Reranker, query: str, passages: list[str], spec: IndexSettings, stats: ScoreStats,
-        deadline: float | None = None,
-    ) -> np.ndarray:
-        """The model's scores; ``deadline`` (``time.perf_counter()``) lets it refuse a call it cannot make in time."""
-        kwargs = {"max_length": spec.max_tokens, "batch_size": spec.batch_size, "stats": stats}
-        if spec.chunking.mode == "truncate":
-            return await reranker.ascore(query, passages, **kwargs, budget_s=_left(deadline))
-        max_length = spec.max_tokens or int(reranker.info()["max_length"])
-        # Tokenizing every passage is CPU work: keep it off the event loop.
-        chunks, owners = await asyncio.to_thread(split_passages, passages, query, spec.chunking, reranker, max_length)
-        chunk_scores = await reranker.ascore(query, chunks, **kwargs, budget_s=_left(deadline))
-        return aggregate_scores(chunk_scores, owners, len(passages), spec.chunking.aggregate, spec.chunking.top_n)
+    ):
+        """The window's :class:`~es_rerank.scoring.Scored` (``reranker`` is the search's
+        model, ``plan.model``; the degrade steps may use another)."""
+        return await self.scorer.score(plan, spec, data, timings, client_gone)
 
 
 async def _disconnect(request: Request) -> None:
     """Return when the client has closed the connection (its body has been read already)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-def _left(deadline: float | None) -> float | None:
-    return None if deadline is None else deadline - time.perf_counter()
 
 
 def create_app(

@@ -163,12 +163,37 @@ class IndexSettings(_Strict):
         description="query DSL `eval` sends, with the string {{query_text}} where the text goes; "
         "default: multi_match over `fields`, best_fields, tie_breaker 0.5 (BEIR's baseline)",
     )
+    fallback_model: str | None = Field(
+        None, description="a cheaper model (under `models`) that `degrade: [fallback_model]` scores with"
+    )
+    degrade: list[Literal["fallback_model", "shrink_window", "first_stage"]] | None = Field(
+        None,
+        description="what a search gets, in order, when the model cannot score its window in time: "
+        "fallback_model (the whole window on the cheaper model), shrink_window (the first hits that fit), "
+        "first_stage (OpenSearch's order); default [fallback_model, shrink_window, first_stage] with a "
+        "fallback_model, else [shrink_window, first_stage]",
+    )
 
     @model_validator(mode="after")
     def _check_window(self) -> "IndexSettings":
         if self.window > self.max_window:
             raise ValueError(f"window ({self.window}) is larger than max_window ({self.max_window})")
+        if self.degrade is not None:
+            if len(set(self.degrade)) != len(self.degrade):
+                raise ValueError(f"degrade lists a step twice: {self.degrade}")
+            if "first_stage" in self.degrade[:-1]:
+                raise ValueError("degrade: first_stage can only be the last step")
+            if "fallback_model" in self.degrade and self.fallback_model is None:
+                raise ValueError("degrade: fallback_model needs the index's fallback_model")
         return self
+
+    def degrade_steps(self) -> tuple[str, ...]:
+        """The ``degrade`` steps in order, the default filled in."""
+        if self.degrade is not None:
+            return tuple(self.degrade)
+        if self.fallback_model is not None:
+            return ("fallback_model", "shrink_window", "first_stage")
+        return ("shrink_window", "first_stage")
 
 
 class ServerSettings(_Strict):
@@ -243,6 +268,9 @@ def _reference_problems(data: Mapping) -> list[str]:
                 problems.append(f"index {pattern!r}: name a model (models: {sorted(models)})")
         elif name not in models:
             problems.append(f"index {pattern!r}: model {name!r} is not under models")
+        fallback = spec.get("fallback_model")
+        if isinstance(fallback, str) and fallback not in models:
+            problems.append(f"index {pattern!r}: fallback_model {fallback!r} is not under models")
     return problems
 
 

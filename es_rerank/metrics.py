@@ -69,6 +69,13 @@ class Metrics:
         self.pairs = Histogram(
             "es_rerank_pairs_per_request", "Model passes per reranked search.", buckets=_PAIRS, registry=r
         )
+        self.outcomes = Counter(
+            "es_rerank_rerank_outcomes",
+            "Searches and _msearch items that asked for reranking, by index, the model that scored "
+            "(the search's own when none did), outcome (reranked, fallback) and reason "
+            "(reranked, fallback_model, partial, overloaded, rerank_timeout, rerank_error, client_closed).",
+            ["index", "model", "outcome", "reason"], registry=r,
+        )
         self.cache_hits = Counter("es_rerank_cache_hits", "Pairs answered from the score cache.", registry=r)
         self.queue_wait = Gauge(
             "es_rerank_model_queue_seconds",
@@ -83,6 +90,10 @@ class Metrics:
     def observe_request(self, route: str, index: str, outcome: str, reason: str, seconds: float) -> None:
         self.requests.labels(route, index, outcome, reason).inc()
         self.request_seconds.labels(route).observe(seconds)
+
+    def observe_outcome(self, index: str, model: str, outcome: str, reason: str) -> None:
+        """One search or item through the scoring stage (labels are closed sets: config names, enums)."""
+        self.outcomes.labels(index, model, str(outcome), str(reason)).inc()
 
     def observe_rerank(self, t: RequestTimings) -> None:
         self.first_stage_seconds.observe(t.upstream_ms / 1000)
