@@ -204,8 +204,9 @@ class ServerSettings(_Strict):
     )
     shed_overload: bool = Field(
         True,
-        description="answer first-stage order at once when the model's queue would not score the search "
-        "within 90% of rerank_timeout at the rate it has been running; false: queue it and wait out the timeout",
+        description="when the model's queue would not score the search within 90% of rerank_timeout at the rate "
+        "it has been running, degrade as the index's `degrade` says (or answer first-stage order at once); "
+        "false: queue it and wait out the timeout, no degradation",
     )
 
 

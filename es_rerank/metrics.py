@@ -79,7 +79,7 @@ class Metrics:
         self.cache_hits = Counter("es_rerank_cache_hits", "Pairs answered from the score cache.", registry=r)
         self.queue_wait = Gauge(
             "es_rerank_model_queue_seconds",
-            "Estimated seconds for the work queued at each model (0 until the model has run a full batch).",
+            "Estimated seconds for the work queued at each model (0 until the model has run once).",
             ["model"], registry=r,
         )
 

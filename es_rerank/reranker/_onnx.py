@@ -645,8 +645,8 @@ class OnnxReranker:
             future.cancel()
 
     def queue_wait_s(self) -> float | None:
-        """Seconds the model needs for the work queued now, at the rate of its recent full
-        runs; None until it has run one."""
+        """Seconds the model needs for the work queued now, at the rate its runs have been
+        going (every run counts, by its tokens); None until it has run one."""
         return self._batcher.queued_s()
 
     def _arriving(self, delta: int) -> None:
