@@ -59,6 +59,8 @@ RATE_STEP = 0.5
 # The most one full run can raise the estimate: a single stalled run (a pause of the
 # host, a noisy neighbour) must not make the model look slow for many runs after it.
 RATE_RISE = 2.0
+# The fewest pairs a partial job keeps: one pair reordered is no reordering, only model time spent.
+MIN_PARTIAL = 2
 
 
 class Overloaded(Exception):
@@ -173,9 +175,9 @@ class Batcher:
 
         With a ``deadline`` (a ``clock()`` value), a job the model would finish past it
         is refused with :class:`Overloaded` instead; with ``partial`` only its first
-        encodings that fit are kept (``len(job.encodings)`` says how many, at least one).
-        With nothing queued or running ahead, a job is taken whatever the estimate
-        (with ``partial``, what fits, at least one) unless ``admit_idle`` is False.
+        encodings that fit are kept (``len(job.encodings)`` says how many, at least
+        ``MIN_PARTIAL``). With nothing queued or running ahead, a job is taken whatever the
+        estimate (with ``partial``, what fits, at least ``MIN_PARTIAL``) unless ``admit_idle`` is False.
         """
         with self._cond:
             if self._closed:
@@ -188,8 +190,9 @@ class Batcher:
                 if wait > left:
                     fits = job.prefix_fitting(int(max(0.0, left / self.seconds_per_token - ahead)))
                     idle = ahead == 0 and admit_idle
-                    if partial and (fits > 0 or idle):
-                        job.keep_first(max(fits, 1))
+                    least = min(MIN_PARTIAL, len(job.encodings))
+                    if partial and (fits >= least or idle):
+                        job.keep_first(max(fits, least))
                     elif not idle:
                         self.refused += 1
                         raise Overloaded(wait, left)

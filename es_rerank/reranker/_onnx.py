@@ -592,7 +592,7 @@ class OnnxReranker:
         seconds (at the rate it has been running) raises :class:`ModelOverloadedError`
         as soon as it is tokenized, without being queued; with ``partial`` as well, the
         scores of the first passages that fit come back instead (fewer than given, at
-        least one). A call with nothing queued ahead of it is never refused on the
+        least two pairs' worth: one hit alone is no reordering). A call with nothing queued ahead of it is never refused on the
         estimate unless ``admit_idle`` is False (its caller has a cheaper way out).
         """
         if self._session is None:

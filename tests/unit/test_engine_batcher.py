@@ -524,3 +524,25 @@ def test_a_partial_call_scores_the_first_passages_that_fit_cache_hits_free(tiny_
         assert 3 <= len(got) < len(texts)  # two free, then what the budget holds
         np.testing.assert_allclose(got, want[: len(got)], atol=1e-5, rtol=0)
         assert reranker.engine_info()["refused"] == 0
+
+
+def test_a_partial_job_keeps_at_least_two_pairs_or_is_refused():
+    """One pair reordered is no reordering: behind a queue, room for one is room for none."""
+    batcher, model, clock = timed_batcher(per_token=1e-3)
+    try:
+        batcher.submit(make_job(SEARCH)).result(5)  # rate: 1 ms a token
+        model.gate = threading.Event()
+        model.started.clear()
+        running = batcher.submit(make_job(SEARCH))  # 0.256 s ahead
+        assert model.started.wait(5)
+        with pytest.raises(Overloaded):  # room for one pair of 64 only
+            batcher.submit(make_job(SEARCH), deadline=clock() + 0.256 + 0.1, partial=True)
+        model.gate.set()
+        running.result(5)
+        idle = make_job(SEARCH)  # idle, room for none: still two, never refused
+        batcher.submit(idle, deadline=clock() + 0.001, partial=True).result(5)
+        assert len(idle.encodings) == 2
+    finally:
+        if model.gate is not None:
+            model.gate.set()
+        batcher.close(ModelError("closed"))
