@@ -63,6 +63,7 @@ class PlanCell:
     p50_ms: float  # rerank stage, reranked answers only
     p95_ms: float
     pairs_per_s: float
+    pairs: int  # (query, passage) pairs the model ran for the reranked answers (no cache: every one)
     reranked: int  # answers the model reranked
     not_reranked: int  # answers that fell back (timeout, overload, ...)
     outcomes: dict[str, int] = field(default_factory=dict)
@@ -226,7 +227,8 @@ async def plan_async(
     # A hopeless cell is cut off at a few times the budget rather than left to run.
     timeout = rerank_timeout if rerank_timeout is not None else max(3 * budget_p95_ms / 1000, 1.0)
     server = settings.server.model_copy(update={"rerank_timeout": timeout})
-    base = without_caches(settings).model_copy(update={"server": server, "models": {m: settings.models[m] for m in names}})
+    quiet = without_caches(settings)  # every cell pays for its own scores
+    base = quiet.model_copy(update={"server": server, "models": {m: quiet.models[m] for m in names}})
     started = time.perf_counter()
     try:
         rerankers = load_rerankers(base)
@@ -270,7 +272,7 @@ async def plan_async(
                     PlanCell(
                         model=name, max_tokens=tokens, k=r.k, ndcg10=r.reranked["ndcg@10"],
                         first_stage_ndcg10=r.first_stage["ndcg@10"], recall_k=r.first_stage[f"recall@{r.k}"],
-                        p50_ms=r.rerank_p50_ms, p95_ms=r.rerank_p95_ms, pairs_per_s=r.pairs_per_s,
+                        p50_ms=r.rerank_p50_ms, p95_ms=r.rerank_p95_ms, pairs_per_s=r.pairs_per_s, pairs=r.pairs,
                         reranked=r.reranked_count, not_reranked=r.fallbacks, outcomes=dict(r.outcomes),
                     )
                 )

@@ -88,6 +88,9 @@ def test_plan_prints_grid_frontier_and_config(setup):
     )
     assert sum("best" in r for r in rows) == 1 and any("*" in r for r in rows)
     assert all(r[8] == "0" for r in rows)  # every answer reranked
+    # No score cache: K = 20 runs all its pairs, though K = 5 scored the first 5 of each query before.
+    pairs = {(c["model"], c["max_tokens"], c["k"]): c["pairs"] for c in json.loads((out / "plan.json").read_text())["cells"]}
+    assert all(pairs[(m, t, 20)] == 20 * N_QUERIES and pairs[(m, t, 5)] == 5 * N_QUERIES for m, t, _ in pairs)
 
     data = json.loads((out / "plan.json").read_text())
     assert len(data["cells"]) == 8 and data["best"] is not None and data["frontier"]
@@ -127,7 +130,7 @@ def test_plan_api_skips_max_tokens_past_the_model(setup):
 
 
 def _cell(ndcg: float, p95: float, not_reranked: int = 0, k: int = 10) -> PlanCell:
-    return PlanCell("m", 256, k, ndcg, 0.6, 0.9, p95 / 2, p95, 10.0, 10, not_reranked)
+    return PlanCell("m", 256, k, ndcg, 0.6, 0.9, p95 / 2, p95, 10.0, 100, 10, not_reranked)
 
 
 def test_frontier_and_best():
