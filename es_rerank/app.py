@@ -3,67 +3,77 @@
 from __future__ import annotations
 
 import asyncio
-import gzip
-import json
 import logging
 import time
 from typing import Any, Awaitable, Mapping
 from urllib.parse import parse_qsl, urlencode
 
-import numpy as np
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from .admin import Admin
+from .bodies import TooDeep, UnreadableBody, check_depth, decode_content, dumps, is_json_media_type, loads_request, loads_response
 from .config import IndexSettings, Settings
-from .errors import RerankError, error_body
+from .errors import (
+    BodyTooDeepError,
+    ClientTimeoutError,
+    ContentTooLongError,
+    MethodNotAllowedError,
+    RerankError,
+    UpstreamBadResponseError,
+)
 from .reranker import OnnxReranker, Reranker
-from .metrics import CONTENT_TYPE_LATEST, Metrics, RequestTimings
-from .msearch import item_target, parse_msearch, serialize_msearch
-from .scoring import Outcome, Scorer
-from .search import SearchPlan, passthrough_plan, plan_search
-from .upstream import Upstream, UpstreamResponse, forwardable_headers, response_headers
+from .metrics import Metrics, RequestTimings
+from .msearch import MsearchItem, item_target, parse_msearch, serialize_msearch
+from .responses import dump_for, error_response, json_response, rebuilt, relay
+from .routing import OPENSEARCH_METHODS, RouteKind, route
+from .scoring import SHED_AT, Outcome, Scorer
+from .search import SearchPlan, msearch_problem, passthrough_plan, plan_search, response_problem
+from .upstream import Upstream, UpstreamResponse, forwardable_headers
 
 __all__ = ["RerankProxy", "create_app", "load_rerankers"]
 
 logger = logging.getLogger("es_rerank")
 
-_JSON_TYPES = ("application/json", "application/x-ndjson", "text/plain")
 _OFF = {"false", "0", "off", "no"}
+# Answers OpenSearch writes in another format than JSON: passed through, not rebuilt.
+_OTHER_FORMATS = ("yaml", "cbor", "smile")
+# Headers that describe the client's body, replaced when the proxy sends a body of its own.
+_BODY_HEADERS = frozenset({"content-type", "content-encoding", "accept-encoding"})
 
 
-def _json_response(body: Any, status: int, headers: list[tuple[str, str]] | None = None) -> Response:
-    content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-    response = Response(content, status_code=status, media_type="application/json; charset=UTF-8")
-    for key, value in headers or []:
-        response.headers.append(key, value)
-    return response
+def _marks(outcome: str, reason: str) -> list[tuple[str, str]]:
+    return [("x-rerank", str(outcome)), ("x-rerank-reason", reason)]
 
 
-def _dumps(body: Any, params) -> bytes:
-    pretty = any(k == "pretty" and v.lower() != "false" for k, v in params)
-    if pretty:
-        return json.dumps(body, indent=2, ensure_ascii=False).encode()
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+def _other_format(params: list[tuple[str, str]], request: Request) -> str | None:
+    """Why OpenSearch would answer in a format other than JSON, if it would."""
+    fmt = next((v.lower() for k, v in reversed(params) if k == "format"), None)
+    if fmt is not None and fmt != "json":
+        return "format"
+    accept = request.headers.get("accept", "").lower()
+    return "accept" if any(f in accept for f in _OTHER_FORMATS) else None
 
 
-def _no_encoding(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    # The proxy parses what it asks for: no compression on that leg.
-    return [(k, v) for k, v in headers if k.lower() != "accept-encoding"]
-
-
-def _rebuilt(request: Request, answer_headers: list[tuple[str, str]], content: bytes) -> UpstreamResponse:
-    """A body es-rerank wrote itself, framed as OpenSearch frames its own: with a
-    length, and gzip-compressed when the client accepts it (as http.compression does)."""
-    headers = [(k, v) for k, v in answer_headers if k.lower() not in ("content-length", "content-encoding")]
-    if "gzip" in request.headers.get("accept-encoding", "").lower():
-        content = gzip.compress(content, compresslevel=3)
-        headers.append(("content-encoding", "gzip"))
-    headers.append(("content-length", str(len(content))))
-    return UpstreamResponse(200, headers, content)
-
-
-def error_response(exc: RerankError) -> Response:
-    return _json_response(exc.to_body(), exc.status)
+async def read_body(request: Request, *, limit: int, idle_timeout: float) -> bytes:
+    """The whole request body, refused past ``limit`` bytes while it is read (OpenSearch's
+    http.max_content_length) and when the client stops sending it for ``idle_timeout``."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise ContentTooLongError(f"request body of {length} bytes is larger than the limit of {limit} bytes")
+    chunks, total = [], 0
+    stream = request.stream()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(stream), idle_timeout)
+        except StopAsyncIteration:
+            return b"".join(chunks)
+        except asyncio.TimeoutError:
+            raise ClientTimeoutError(f"no request body bytes for {idle_timeout}s") from None
+        total += len(chunk)
+        if total > limit:
+            raise ContentTooLongError(f"request body is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
 
 
 def load_rerankers(settings: Settings) -> dict[str, Reranker]:
@@ -90,6 +100,7 @@ class RerankProxy:
         for name, reranker in self.rerankers.items():
             self.metrics.watch_queue(name, reranker.queue_wait_s)
         self.scorer = Scorer(settings.server, self.rerankers, self.metrics)
+        self.admin = Admin(settings.server.admin, upstream=upstream, rerankers=self.rerankers, metrics=self.metrics)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -103,8 +114,14 @@ class RerankProxy:
             response = await self.handle(request)
             outcome = response.headers.get("x-rerank", "passthrough")
             reason = response.headers.get("x-rerank-reason", "")
+        except ClientDisconnect:
+            return  # nobody to answer
         except RerankError as exc:
-            response = error_response(exc)
+            # A refused body may still be on its way: close the connection rather than read it.
+            closing = [("connection", "close")] if isinstance(exc, (ContentTooLongError, ClientTimeoutError)) else []
+            if not isinstance(exc, (ContentTooLongError, ClientTimeoutError, MethodNotAllowedError)):
+                logger.warning("%s %s: %s", request.method, request.url.path, exc.reason)
+            response = error_response(exc, closing)
             outcome, reason = "error", exc.type
         except Exception:  # never a stack trace in a response; it goes to the log
             logger.exception("unexpected error on %s %s", request.method, request.url.path)
@@ -136,40 +153,25 @@ class RerankProxy:
     # -- routing ---------------------------------------------------------------
 
     async def handle(self, request: Request) -> Response:
-        path = request.url.path
-        if path.startswith("/_rerank/"):
-            request.scope["es_rerank.route"] = "own"
-            return await self._own_endpoint(request, path)
-        parts = path.strip("/").split("/")
-        if (
-            len(parts) == 2
-            and parts[1] == "_search"
-            and request.method in ("GET", "POST")
-            and parts[0]
-            and not parts[0].startswith("_")
-        ):
-            spec = self.settings.index_for(parts[0])
-            if spec is not None:
-                # Label by the config rule, not the raw index: bounded cardinality.
-                request.scope.update({"es_rerank.route": "search", "es_rerank.index": spec.pattern})
-                return await self.search(request, spec)
-        if parts[-1] == "_msearch" and len(parts) <= 2 and request.method in ("GET", "POST"):
-            target = parts[0] if len(parts) == 2 and not parts[0].startswith("_") else None
-            if len(parts) == 1 or target is not None:
-                request.scope["es_rerank.route"] = "msearch"
-                return await self.msearch(request, target)
-        return await self.passthrough(request)
-
-    async def _own_endpoint(self, request: Request, path: str) -> Response:
-        if path == "/_rerank/health" and request.method in ("GET", "HEAD"):
-            models = {name: {**r.info(), "queue_wait_s": r.queue_wait_s()} for name, r in self.rerankers.items()}
-            return _json_response({"status": "ok", "models": models}, 200)
-        if path == "/_rerank/metrics" and request.method == "GET":
-            return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
-        return _json_response(
-            error_body("rerank_resource_not_found_exception", f"no es-rerank endpoint [{path}]", 404),
-            404,
-        )
+        if request.method not in OPENSEARCH_METHODS:
+            raise MethodNotAllowedError(
+                f"Incorrect HTTP method for uri [{request.url.path}] and method [{request.method}]"
+            )
+        raw_path, _ = self._raw_target(request)
+        where = route(request.method, raw_path, self.settings)
+        request.scope["es_rerank.route"] = str(where.kind)
+        server = self.settings.server
+        body = await read_body(request, limit=server.max_content_length, idle_timeout=server.idle_timeout)
+        await self._check_depth(request, body)
+        if where.kind is RouteKind.OWN:
+            return await self.admin.handle(request, where.own_path)
+        if where.kind is RouteKind.SEARCH:
+            # Label by the config rule, not the raw index: bounded cardinality.
+            request.scope["es_rerank.index"] = where.spec.pattern
+            return await self.search(request, where.spec, body)
+        if where.kind is RouteKind.MSEARCH:
+            return await self.msearch(request, where.target, body)
+        return await self.passthrough(request, body)
 
     # -- pass-through ----------------------------------------------------------
 
@@ -179,9 +181,9 @@ class RerankProxy:
         raw_path = scope.get("raw_path") or scope["path"].encode()
         return raw_path.split(b"?", 1)[0], scope.get("query_string", b"")
 
-    async def passthrough(self, request: Request, *, extra: list[tuple[str, str]] = ()) -> Response:
+    async def passthrough(self, request: Request, body: bytes, *, extra: list[tuple[str, str]] = ()) -> Response:
+        """The client's request as it came (less hop-by-hop headers), OpenSearch's answer as it came."""
         raw_path, query = self._raw_target(request)
-        body = await request.body()
         answer = await self.upstream.request(
             request.method,
             raw_path,
@@ -189,71 +191,100 @@ class RerankProxy:
             headers=forwardable_headers(request.headers.items()),
             content=body,
         )
-        return self._relay(answer, extra)
+        return relay(answer, extra)
 
-    @staticmethod
-    def _relay(answer: UpstreamResponse, extra=()) -> Response:
-        response = Response(answer.content, status_code=answer.status)
-        response.raw_headers = [
-            (k.lower().encode("latin-1"), v.encode("latin-1"))
-            for k, v in [*response_headers(answer.headers), *extra]
-        ]
-        return response
+    async def _send_rewritten(
+        self, request: Request, method: str, query: bytes, content: bytes, *, decode: bool = False,
+        content_type: str | None = None,
+    ) -> UpstreamResponse:
+        """A body of the proxy's making, with the client's other headers and its Content-Type
+        (so OpenSearch judges the media type as it would direct), uncompressed."""
+        raw_path, _ = self._raw_target(request)
+        headers = forwardable_headers(request.headers.items(), drop=_BODY_HEADERS)
+        content_type = content_type or request.headers.get("content-type") or "application/json"
+        return await self.upstream.request(
+            method, raw_path, query, headers=[*headers, ("content-type", content_type)], content=content, decode=decode
+        )
+
+    async def _forward_plan(self, request: Request, body: bytes, parsed: Any, plan: SearchPlan) -> Response:
+        """A search not reranked: the client's bytes when nothing of ours was in them,
+        else its body less ``ext.rerank``; OpenSearch's answer as it is."""
+        marks = _marks(Outcome.SKIPPED, plan.reason)
+        if plan.body == parsed:
+            return await self.passthrough(request, body, extra=marks)
+        _, query = self._raw_target(request)
+        answer = await self._send_rewritten(request, request.method, query, dumps(plan.body))
+        return relay(answer, marks)
 
     # -- the rerank flow -------------------------------------------------------
 
-    async def search(self, request: Request, spec: IndexSettings) -> Response:
+    async def _read_json(self, request: Request, body: bytes) -> tuple[Any, str | None]:
+        """The body as OpenSearch would read it, or the reason it is left to OpenSearch."""
+        if not body:
+            return {}, None
+        if not is_json_media_type(request.headers.get("content-type")):
+            return None, "content_type"  # OpenSearch answers 406 itself
+        try:
+            return loads_request(self._decoded(request, body)), None
+        except TooDeep as exc:
+            raise BodyTooDeepError(str(exc)) from None
+        except UnreadableBody:
+            return None, "unparsed_body"  # OpenSearch answers with its own error
+
+    async def _check_depth(self, request: Request, body: bytes) -> None:
+        """Refuse a body, compressed or not, nested deep enough to bring OpenSearch down."""
+        if not body:
+            return
+        try:
+            # Decompressing a large body is CPU work: keep it off the event loop.
+            await asyncio.to_thread(self._decoded, request, body) if len(body) > 65536 else self._decoded(request, body)
+        except UnreadableBody:
+            pass  # not decodable: OpenSearch refuses it itself
+
+    def _decoded(self, request: Request, body: bytes) -> bytes:
+        """The body with its Content-Encoding undone, refused when it nests too deep."""
+        encodings = request.headers.getlist("content-encoding")
+        content = decode_content(body, encodings, limit=self.settings.server.max_content_length) if encodings else body
+        try:
+            check_depth(content)
+        except TooDeep as exc:
+            raise BodyTooDeepError(str(exc)) from None
+        return content
+
+    async def search(self, request: Request, spec: IndexSettings, body_bytes: bytes) -> Response:
         started = time.perf_counter()
         raw_path, query = self._raw_target(request)
-        body_bytes = await request.body()
-        content_type = request.headers.get("content-type", "application/json").lower()
         params = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
 
-        body: Any = None
-        if body_bytes.strip():
-            if not content_type.startswith(_JSON_TYPES):
-                return await self.passthrough(request, extra=[("x-rerank", "skipped"), ("x-rerank-reason", "content_type")])
-            try:
-                body = json.loads(body_bytes)
-            except ValueError:
-                # OpenSearch answers malformed JSON with its own error: let it.
-                return await self.passthrough(request, extra=[("x-rerank", "skipped"), ("x-rerank-reason", "unparsed_body")])
-        if any(k in ("source", "source_content_type") for k, _ in params):
-            return await self.passthrough(request, extra=[("x-rerank", "skipped"), ("x-rerank-reason", "source_param")])
+        body, unread = await self._read_json(request, body_bytes)
+        if unread is None and not isinstance(body, dict):
+            unread = "unparsed_body"  # null, a list, a number: OpenSearch's parsing_exception
+        unread = unread or _other_format(params, request)
+        if unread is None and any(k in ("source", "source_content_type") for k, _ in params):
+            unread = "source_param"
+        if unread is not None:
+            return await self.passthrough(request, body_bytes, extra=_marks(Outcome.SKIPPED, unread))
 
         plan = self._plan(spec, body, params, request)
         if plan.rerank and self._overloaded(plan, spec):
             # The model could not score this in time even if it were first in line after the
             # work queued now: answer OpenSearch's own response, as cheaply as a skip.
             plan = passthrough_plan(body, params, "overloaded")
-        headers = forwardable_headers(request.headers.items(), drop=frozenset({"content-type"}))
-        marks = [("x-rerank", "reranked" if plan.rerank else "skipped"), ("x-rerank-reason", plan.reason)]
         if not plan.rerank:
-            if plan.body == body:  # nothing of ours to strip: send the bytes as they came
-                return await self.passthrough(request, extra=marks)
-            answer = await self.upstream.request(
-                request.method,
-                raw_path,
-                query,
-                headers=[*headers, ("content-type", "application/json")],
-                content=json.dumps(plan.body).encode(),
-            )
-            return self._relay(answer, marks)
+            return await self._forward_plan(request, body_bytes, body, plan)
 
         t_upstream = time.perf_counter()
-        answer = await self.upstream.request(
-            "POST",
-            raw_path,
-            urlencode(plan.params).encode(),
-            headers=[*_no_encoding(headers), ("content-type", "application/json")],
-            content=json.dumps(plan.body).encode(),
-            decode=True,
-        )
+        answer = await self._send_rewritten(request, "POST", urlencode(plan.params).encode(), dumps(plan.body), decode=True)
         upstream_ms = (time.perf_counter() - t_upstream) * 1000
+        if answer.status == 400:
+            # The rewrite may be what OpenSearch refused (`fields` on an index whose _source
+            # is disabled, a limit on size): the client gets the answer to its own request.
+            return await self._forward_plan(request, body_bytes, body, passthrough_plan(body, params, "rewrite_refused"))
         if answer.status != 200:
-            return self._relay(answer, [("x-rerank", "skipped"), ("x-rerank-reason", "upstream_error")])
-        rebuilt, scored, timings = await self._rerank(
-            plan, spec, json.loads(answer.content), started, upstream_ms, client_gone=_disconnect(request)
+            return relay(answer, _marks(Outcome.SKIPPED, "upstream_error"))
+        data = _read_answer(answer.content, response_problem)
+        reranked, scored, timings = await self._rerank(
+            plan, spec, data, started, upstream_ms, client_gone=_disconnect(request)
         )
         extra = [
             ("x-rerank", scored.outcome),
@@ -264,7 +295,7 @@ class RerankProxy:
             *timings.headers(),
             ("x-rerank-total-ms", f"{(time.perf_counter() - started) * 1000:.1f}"),
         ]
-        return self._relay(_rebuilt(request, answer.headers, _dumps(rebuilt, params)), extra)
+        return relay(rebuilt(request.headers.get("accept-encoding", ""), answer.headers, dump_for(reranked, params)), extra)
 
     def _overloaded(self, plan: SearchPlan, spec: IndexSettings) -> bool:
         """Every model the search could use has a queue that alone outlasts the budget."""
@@ -288,50 +319,54 @@ class RerankProxy:
         (:mod:`es_rerank.scoring`): ``(rebuilt, Scored, RequestTimings)``."""
         return await self.scorer.rerank(plan, spec, data, started, upstream_ms, client_gone)
 
-    async def msearch(self, request: Request, default_target: str | None) -> Response:
+    async def msearch(self, request: Request, default_target: str | None, body_bytes: bytes) -> Response:
         """Each item planned as a ``_search``; one upstream ``_msearch``; items scored concurrently."""
         started = time.perf_counter()
         raw_path, query = self._raw_target(request)
-        pairs = parse_msearch(await request.body())
-        if pairs is None:
-            return await self.passthrough(request, extra=[("x-rerank", "skipped"), ("x-rerank-reason", "unparsed_body")])
+        params = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+        lines: list[MsearchItem] | None = None
+        unread = _other_format(params, request)
+        if unread is None and not is_json_media_type(request.headers.get("content-type")):
+            unread = "content_type"
+        if unread is None:
+            try:
+                content = self._decoded(request, body_bytes)
+            except UnreadableBody:
+                content = b""
+            lines = parse_msearch(content)
+            unread = "unparsed_body" if lines is None else None
+        if lines is None:
+            return await self.passthrough(request, body_bytes, extra=_marks(Outcome.SKIPPED, unread or "unparsed_body"))
+
         items: list[tuple[IndexSettings, SearchPlan] | RerankError | None] = []
-        for header, body in pairs:
-            target = item_target(header, default_target)
+        for line in lines:
+            target = item_target(line.header, default_target)
             spec = self.settings.index_for(target) if target else None
-            if spec is None:
-                items.append(None)
+            if spec is None or line.body is None:
+                items.append(None)  # forwarded as written; OpenSearch answers it
                 continue
             try:
-                items.append((spec, self._plan(spec, body, [], request)))
+                items.append((spec, self._plan(spec, line.body, [], request)))
             except RerankError as exc:
                 items.append(exc)
         if all(item is None for item in items):
-            return await self.passthrough(request, extra=[("x-rerank", "skipped"), ("x-rerank-reason", "no_configured_index")])
+            return await self.passthrough(request, body_bytes, extra=_marks(Outcome.SKIPPED, "no_configured_index"))
 
         if all(isinstance(item, RerankError) for item in items):
             body = {"took": 0, "responses": [item.to_body() for item in items]}
-            return _json_response(body, 200, [("x-rerank", "skipped"), ("x-rerank-reason", "invalid_items")])
+            return json_response(body, 200, _marks(Outcome.SKIPPED, "invalid_items"))
         forward = [
-            (header, item[1].body if isinstance(item, tuple) else body)
-            for (header, body), item in zip(pairs, items)
+            (line.header_line, item[1].body if isinstance(item, tuple) and item[1].body != line.body else line.body_line)
+            for line, item in zip(lines, items)
             if not isinstance(item, RerankError)
         ]
-        headers = forwardable_headers(request.headers.items(), drop=frozenset({"content-type"}))
         t_upstream = time.perf_counter()
-        answer = await self.upstream.request(
-            request.method,
-            raw_path,
-            query,
-            headers=[*_no_encoding(headers), ("content-type", "application/x-ndjson")],
-            content=serialize_msearch(forward),
-            decode=True,
-        )
+        answer = await self._send_rewritten(request, request.method, query, serialize_msearch(forward), decode=True)
         upstream_ms = (time.perf_counter() - t_upstream) * 1000
         if answer.status != 200:
-            return self._relay(answer, [("x-rerank", "skipped"), ("x-rerank-reason", "upstream_error")])
-        data = json.loads(answer.content)
-        upstream_items = iter(data.get("responses", []))
+            return relay(answer, _marks(Outcome.SKIPPED, "upstream_error"))
+        data = _read_answer(answer.content, msearch_problem)
+        upstream_items = iter(data["responses"])
         # Items es-rerank refused never went upstream: pair the rest in order.
         paired = [(item, None if isinstance(item, RerankError) else next(upstream_items, None)) for item in items]
 
@@ -356,7 +391,7 @@ class RerankProxy:
             ("x-rerank-items", f"{n}/{len(items)}"),  # reranked of all items, then each outcome's count
             ("x-rerank-item-outcomes", ",".join(f"{outcome}={count}" for outcome, count in counts.items())),
         ]
-        return self._relay(_rebuilt(request, answer.headers, _dumps(data, parse_qsl(query.decode("latin-1")))), extra)
+        return relay(rebuilt(request.headers.get("accept-encoding", ""), answer.headers, dump_for(data, params)), extra)
 
     async def _score(
         self, reranker: Reranker, plan: SearchPlan, spec: IndexSettings, data: dict, timings: RequestTimings,
@@ -365,6 +400,18 @@ class RerankProxy:
         """The window's :class:`~es_rerank.scoring.Scored` (``reranker`` is the search's
         model, ``plan.model``; the degrade steps may use another)."""
         return await self.scorer.score(plan, spec, data, timings, client_gone)
+
+
+def _read_answer(content: bytes, problem) -> dict:
+    """OpenSearch's JSON answer, or a 502 that says what was wrong with it."""
+    try:
+        data = loads_response(content)
+    except (ValueError, RecursionError) as exc:
+        raise UpstreamBadResponseError(f"OpenSearch's answer is not JSON: {exc}") from None
+    reason = problem(data)
+    if reason is not None:
+        raise UpstreamBadResponseError(f"OpenSearch's answer cannot be reranked: {reason}")
+    return data
 
 
 async def _disconnect(request: Request) -> None:

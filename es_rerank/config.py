@@ -28,6 +28,7 @@ __all__ = [
     "IndexSettings",
     "ChunkSettings",
     "ServerSettings",
+    "AdminSettings",
     "load_settings",
     "settings_from_dict",
 ]
@@ -208,6 +209,36 @@ class ServerSettings(_Strict):
         "it has been running, degrade as the index's `degrade` says (or answer first-stage order at once); "
         "false: queue it and wait out the timeout, no degradation",
     )
+    # Limits, with OpenSearch's defaults where it has one (http.max_content_length,
+    # http.max_header_size, http.max_initial_line_length).
+    max_content_length: int = Field(
+        100 * 1024 * 1024, ge=1, description="largest request body in bytes (also once decompressed); past it 413"
+    )
+    max_header_size: int = Field(8192, ge=1024, description="bytes of request headers; past them 400")
+    max_initial_line_length: int = Field(4096, ge=256, description="bytes of the request line; past them 400")
+    header_timeout: float = Field(30.0, gt=0, description="seconds a connection may take to send its headers")
+    idle_timeout: float = Field(
+        60.0, gt=0, description="seconds an idle connection (or a stalled request body) is kept open"
+    )
+    max_connections: int = Field(1000, ge=1, description="client connections open at once; one more is answered 503")
+    admin: "AdminSettings" = Field(default_factory=lambda: AdminSettings())
+
+
+class AdminSettings(_Strict):
+    """Who may read es-rerank's own endpoints past health's public part (status, upstream reachable)."""
+
+    auth: Literal["none", "opensearch", "api_key"] = Field(
+        "none",
+        description="none: open to all; opensearch: the client's own credentials must be accepted by "
+        "OpenSearch (GET /); api_key: the header x-rerank-api-key must equal api_key",
+    )
+    api_key: str | None = Field(None, description="for auth: api_key (or ES_RERANK_ADMIN_API_KEY)")
+
+    @model_validator(mode="after")
+    def _check_key(self) -> "AdminSettings":
+        if self.auth == "api_key" and not self.api_key:
+            raise ValueError("auth: api_key needs api_key (or ES_RERANK_ADMIN_API_KEY)")
+        return self
 
 
 class Settings(_Strict):
@@ -285,6 +316,11 @@ def _format_errors(exc: ValidationError) -> list[str]:
 
 
 def _apply_env(data: dict, env: Mapping[str, str]) -> dict:
+    key = env.get(f"{ENV_PREFIX}ADMIN_API_KEY")
+    if key:
+        server = dict(data.get("server") or {})
+        server["admin"] = {"auth": "api_key", **dict(server.get("admin") or {}), "api_key": key}
+        data = {**data, "server": server}
     upstream = dict(data.get("upstream") or {})
     for key in ("url", "username", "password"):
         value = env.get(f"{ENV_PREFIX}UPSTREAM_{key.upper()}")

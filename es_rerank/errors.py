@@ -15,6 +15,7 @@ __all__ = [
     "ConfigError",
     "BadRequestError",
     "UnknownModelError",
+    "BodyTooDeepError",
     "ModelError",
     "ModelOverloadedError",
     "UpstreamError",
@@ -67,6 +68,12 @@ class UnknownModelError(BadRequestError):
     """The request or the config names a model es-rerank does not serve."""
 
     type = "rerank_unknown_model_exception"
+
+
+class BodyTooDeepError(BadRequestError):
+    """A request body nested deeper than OpenSearch survives (it dies of a stack overflow)."""
+
+    type = "rerank_parse_exception"
 
 
 class ModelError(RerankError):

@@ -66,10 +66,25 @@ class _Refused(Exception):
     """Raised inside a parser callback to stop parsing; the answer is already chosen."""
 
 
+def _as_opensearch_reads_it(match: re.Match) -> bytes:
+    # OpenSearch reads a raw byte of a target as the ISO-8859-1 character it codes;
+    # percent-encoding that character's UTF-8 hands OpenSearch (and the proxy's own
+    # parsing) the very same character.
+    return "".join(f"%{b:02X}" for b in chr(match.group()[0]).encode()).encode()
+
+
 def origin_form(target: bytes) -> bytes:
     """A request target as OpenSearch reads it: a path from the root, ASCII only."""
-    target = _NOT_VISIBLE_ASCII.sub(lambda m: b"%%%02X" % m.group()[0], target)
+    target = _NOT_VISIBLE_ASCII.sub(_as_opensearch_reads_it, target)
     return target if target.startswith(b"/") else b"/" + target
+
+
+def _origin_form_line(line: bytes) -> bytes:
+    """A request line with its target made origin-form (the parser refuses the others)."""
+    parts = line.split(b" ")
+    if len(parts) < 3:
+        return line  # not a request line: the parser judges it
+    return b" ".join([parts[0], origin_form(b" ".join(parts[1:-1])), parts[-1]])
 
 
 def shaped_answer(status: int, type_: str, reason: str) -> bytes:
@@ -95,6 +110,8 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.timeout_keep_alive = self.limits.idle_timeout
         self._in_head = False
+        self._in_message = False
+        self._line = b""  # the start of a request line, until it ends
         self._head_bytes = 0
         self._header_bytes = 0
         self._refusal: tuple[int, str, str] | None = None
@@ -137,6 +154,20 @@ class ProxyHttpProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         self._unset_keepalive_if_required()
+        if not self._in_message:
+            # A new request: its line is rewritten before the parser sees it, which
+            # refuses raw UTF-8 and targets that are not origin-form that OpenSearch serves.
+            data, self._line = self._line + data, b""
+            if self._header_timer is None:  # the request's headers are due from its first byte
+                self._header_timer = self.loop.call_later(self.limits.header_timeout, self._header_timeout)
+            end = data.find(b"\n")
+            if end < 0:
+                if len(data) > self.limits.max_initial_line:
+                    self._refuse(400, "too_long_http_line_exception", self._line_too_long())
+                else:
+                    self._line = data
+                return
+            data = _origin_form_line(data[:end]) + data[end:]
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -152,6 +183,9 @@ class ProxyHttpProtocol(HttpToolsProtocol):
             if self._head_bytes > self.limits.max_initial_line + self.limits.max_header_size + 4:
                 self._refuse(*self._too_long_header())
 
+    def _line_too_long(self) -> str:
+        return f"An HTTP line is larger than {self.limits.max_initial_line} bytes."
+
     def _too_long_header(self) -> tuple[int, str, str]:
         return 400, "too_long_http_header_exception", f"HTTP header is larger than {self.limits.max_header_size} bytes."
 
@@ -161,23 +195,28 @@ class ProxyHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._in_message = True
         self._in_head = True
         self._head_bytes = 0
         self._header_bytes = 0
         self._refusal = None
-        self._cancel_header_timer()
-        self._header_timer = self.loop.call_later(self.limits.header_timeout, self._header_timeout)
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.limits.header_timeout, self._header_timeout)
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
         if len(self.url) + 16 > self.limits.max_initial_line:
-            self._stop(400, "too_long_http_line_exception", f"An HTTP line is larger than {self.limits.max_initial_line} bytes.")
+            self._stop(400, "too_long_http_line_exception", self._line_too_long())
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > self.limits.max_header_size:
             self._stop(*self._too_long_header())
         super().on_header(name, value)
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        super().on_message_complete()
 
     def on_headers_complete(self) -> None:
         self._in_head = False

@@ -15,8 +15,10 @@ from .config import IndexSettings, Settings
 
 __all__ = ["RouteKind", "Route", "route", "OPENSEARCH_METHODS"]
 
-# The methods OpenSearch's REST layer knows (RestRequest.Method); others it drops.
-OPENSEARCH_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "TRACE", "CONNECT"})
+# The methods OpenSearch's REST layer knows (RestRequest.Method) and answers; others
+# it drops without an answer. CONNECT it answers 405 on every path, and an HTTP client
+# would send it in authority form: the proxy answers it 405 itself.
+OPENSEARCH_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "TRACE"})
 
 
 class RouteKind(str, enum.Enum):

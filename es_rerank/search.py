@@ -55,7 +55,8 @@ class SearchPlan:
     added_fields: tuple[str, ...] = field(default_factory=tuple)
 
 
-_ASCII_INT = re.compile(r"-?[0-9]+")
+# Java's Integer.parseInt: an optional sign and decimal digits of any script.
+_JAVA_INT = re.compile(r"[-+]?\d+")
 
 
 def _param(params: Sequence[tuple[str, str]], name: str) -> str | None:
@@ -73,7 +74,7 @@ def _int_option(name: str, raw: Any) -> int:
         raise ValueError(name)
     if isinstance(raw, int):
         return raw
-    if isinstance(raw, str) and _ASCII_INT.fullmatch(raw):  # Java's parseInt: ASCII digits only
+    if isinstance(raw, str) and _JAVA_INT.fullmatch(raw):
         return int(raw)
     raise ValueError(name)
 

@@ -77,6 +77,17 @@ class UpstreamResponse:
     content: bytes
 
 
+def _close_connection(response: aiohttp.ClientResponse) -> None:
+    """Close the connection an answer came on, even once it is back in the pool (a
+    small answer is read with its headers, and its connection released, before the
+    caller sees it): the pool drops a closed connection instead of reusing it.
+    aiohttp has no public handle on that connection; the test of this guards it."""
+    protocol = response.connection.protocol if response.connection is not None else getattr(response, "_protocol", None)
+    if protocol is not None:
+        protocol.force_close()
+        protocol.close()
+
+
 @dataclass(slots=True)
 class UpstreamState:
     """What the proxy last saw of OpenSearch (for ``/_rerank/health`` and the log)."""
@@ -158,9 +169,9 @@ class Upstream:
                 **options,
             ) as response:
                 status = response.status
-                if status in _CLOSE_AFTER and response.connection is not None:
-                    response.connection.protocol.force_close()
                 body = await response.read()
+                if status in _CLOSE_AFTER:
+                    _close_connection(response)
                 out_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
             if isinstance(exc, getattr(aiohttp, "ConnectionTimeoutError", ())):
