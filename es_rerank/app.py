@@ -26,6 +26,7 @@ from .reranker import OnnxReranker, Reranker
 from .metrics import Metrics, RequestTimings
 from .msearch import MsearchItem, item_target, parse_msearch, serialize_msearch
 from .responses import dump_for, error_response, json_response, rebuilt, relay
+from .querytext import strip_rerank_ext
 from .routing import OPENSEARCH_METHODS, RouteKind, route
 from .scoring import SHED_AT, Outcome, Scorer
 from .search import SearchPlan, msearch_problem, passthrough_plan, plan_search, response_problem
@@ -167,7 +168,7 @@ class RerankProxy:
             return await self.admin.handle(request, where.own_path)
         if where.kind is RouteKind.SEARCH:
             # Label by the config rule, not the raw index: bounded cardinality.
-            request.scope["es_rerank.index"] = where.spec.pattern
+            request.scope["es_rerank.index"] = where.spec.pattern if where.spec else ""
             return await self.search(request, where.spec, body)
         if where.kind is RouteKind.MSEARCH:
             return await self.msearch(request, where.target, body)
@@ -251,19 +252,27 @@ class RerankProxy:
             raise BodyTooDeepError(str(exc)) from None
         return content
 
-    async def search(self, request: Request, spec: IndexSettings, body_bytes: bytes) -> Response:
+    async def search(self, request: Request, spec: IndexSettings | None, body_bytes: bytes) -> Response:
+        """One ``_search``; ``spec`` None: a target with no rerank config, answered by
+        OpenSearch, less the ``ext.rerank`` a client may send to every index."""
         started = time.perf_counter()
         raw_path, query = self._raw_target(request)
         params = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+        if spec is None and b"rerank" not in body_bytes and not request.headers.get("content-encoding"):
+            return await self.passthrough(request, body_bytes)  # nothing of es-rerank's in it
 
         body, unread = await self._read_json(request, body_bytes)
         if unread is None and not isinstance(body, dict):
             unread = "unparsed_body"  # null, a list, a number: OpenSearch's parsing_exception
-        unread = unread or _other_format(params, request)
-        if unread is None and any(k in ("source", "source_content_type") for k, _ in params):
-            unread = "source_param"
         if unread is not None:
             return await self.passthrough(request, body_bytes, extra=_marks(Outcome.SKIPPED, unread))
+        skip = _other_format(params, request)
+        if skip is None and any(k in ("source", "source_content_type") for k, _ in params):
+            skip = "source_param"
+        if skip is None and spec is None:
+            skip = "no_configured_index"
+        if skip is not None:
+            return await self._forward_plan(request, body_bytes, body, passthrough_plan(body, params, skip))
 
         plan = self._plan(spec, body, params, request)
         if plan.rerank and self._overloaded(plan, spec):
@@ -349,17 +358,14 @@ class RerankProxy:
                 items.append((spec, self._plan(spec, line.body, [], request)))
             except RerankError as exc:
                 items.append(exc)
-        if all(item is None for item in items):
+        forward_lines = [(line.header_line, _forwarded(line, item)) for line, item in zip(lines, items)]
+        if all(item is None for item in items) and all(body is line.body_line for (_, body), line in zip(forward_lines, lines)):
             return await self.passthrough(request, body_bytes, extra=_marks(Outcome.SKIPPED, "no_configured_index"))
 
         if all(isinstance(item, RerankError) for item in items):
             body = {"took": 0, "responses": [item.to_body() for item in items]}
             return json_response(body, 200, _marks(Outcome.SKIPPED, "invalid_items"))
-        forward = [
-            (line.header_line, item[1].body if isinstance(item, tuple) and item[1].body != line.body else line.body_line)
-            for line, item in zip(lines, items)
-            if not isinstance(item, RerankError)
-        ]
+        forward = [pair for pair, item in zip(forward_lines, items) if not isinstance(item, RerankError)]
         t_upstream = time.perf_counter()
         answer = await self._send_rewritten(request, request.method, query, serialize_msearch(forward), decode=True)
         upstream_ms = (time.perf_counter() - t_upstream) * 1000
@@ -400,6 +406,18 @@ class RerankProxy:
         """The window's :class:`~es_rerank.scoring.Scored` (``reranker`` is the search's
         model, ``plan.model``; the degrade steps may use another)."""
         return await self.scorer.score(plan, spec, data, timings, client_gone)
+
+
+def _forwarded(line: MsearchItem, item: Any) -> Any:
+    """What an ``_msearch`` item sends OpenSearch: its rewritten body, its body less
+    ``ext.rerank``, or (when nothing of ours is in it) its line as the client wrote it."""
+    if isinstance(item, tuple):
+        body = item[1].body
+    elif line.body is not None:
+        body = strip_rerank_ext(line.body)
+    else:
+        return line.body_line
+    return line.body_line if body == line.body else body
 
 
 def _read_answer(content: bytes, problem) -> dict:

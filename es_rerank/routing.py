@@ -34,7 +34,7 @@ class RouteKind(str, enum.Enum):
 @dataclass(frozen=True, slots=True)
 class Route:
     kind: RouteKind
-    spec: IndexSettings | None = None  # SEARCH: the index's settings
+    spec: IndexSettings | None = None  # SEARCH: the index's settings (None: not configured)
     target: str | None = None  # MSEARCH: the path's index expression, if any
     own_path: str = ""  # OWN: e.g. "health"
 
@@ -45,10 +45,11 @@ def route(method: str, raw_path: bytes, settings: Settings) -> Route:
         return Route(RouteKind.OWN, own_path=segments[1])
     if method not in ("GET", "POST"):
         return Route(RouteKind.PASSTHROUGH)
-    if len(segments) == 2 and segments[1] == "_search" and not segments[0].startswith("_"):
-        spec = settings.index_for(segments[0])
-        if spec is not None:
-            return Route(RouteKind.SEARCH, spec=spec)
+    if segments and segments[-1] == "_search":
+        if len(segments) == 2 and not segments[0].startswith("_"):
+            return Route(RouteKind.SEARCH, spec=settings.index_for(segments[0]))
+        if len(segments) == 1:
+            return Route(RouteKind.SEARCH)  # every index: never reranked, ext.rerank removed
     if segments and segments[-1] == "_msearch":
         if len(segments) == 1:
             return Route(RouteKind.MSEARCH)

@@ -19,7 +19,6 @@ from opensearchpy import OpenSearch
 from opensearchpy.helpers import bulk
 
 from es_rerank import create_app, settings_from_dict
-from es_rerank.bodies import dumps_pretty
 from rawhttp import exchange, is_shaped_error, request
 
 pytestmark = pytest.mark.integration
@@ -250,6 +249,8 @@ def test_a_body_nested_deep_enough_to_kill_opensearch_is_refused(ports, route):
 
 
 def test_pretty_answers_are_laid_out_as_opensearch_lays_them_out(ports):
+    from es_rerank.bodies import dumps_pretty
+
     query = json.dumps({**QUERY, "size": 3, "aggs": {"n": {"max": {"field": "n"}}}}).encode()
     direct = exchange(ports[1], search(INDEX, query, target="_search?pretty"))
     # The printer writes OpenSearch's own pretty answer byte for byte.
