@@ -3,10 +3,14 @@
 8 to 32 closed-loop clients (the number rises and falls in two waves over the run)
 send searches to ``es-rerank serve`` (its own process, the demo model, K = 20) in
 front of a real OpenSearch; a share of them (``--rerank-share``) are reranked, the
-rest carry ``x-rerank-enabled: false`` and pass through. Every few seconds it prints
-progress (clients, requests, errors, the proxy's RSS). At the end: requests and
-errors, outcomes by ``x-rerank`` / ``x-rerank-reason`` / model (reranked by the main
-model, by a fallback model, partly, or first-stage order), p50/p95 per kind, and the
+rest carry ``x-rerank-enabled: false`` and pass through. Queries are drawn at random
+from the dev set, so some repeat and meet the score cache, as a site's popular
+queries do; the server runs with es-rerank's defaults (``rerank_timeout`` 10 s,
+overload shedding on). Every few seconds it prints progress (clients, requests,
+errors, the main model's p95, answers not reranked, the proxy's RSS). At the end:
+requests and errors, outcomes by ``x-rerank`` / ``x-rerank-reason`` / model
+(reranked by the main model, by a fallback model, partly, or first-stage order) with
+their p50/p95, p50/p95 per kind, and the
 proxy's RSS at start, end and max with its slope over the second half (a leak shows
 as a slope that does not flatten). Writes ``results.json`` and ``soak.png`` (clients
 and throughput, latency, RSS over time). Loopback only; every loop ends at the
