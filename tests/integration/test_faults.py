@@ -80,11 +80,12 @@ def test_a_slow_or_compressed_upstream_answer_is_reranked(proxy):
         assert [h["_id"] for h in answer.json()["hits"]["hits"]] in (["1", "2"], ["2", "1"])
 
 
-def test_a_refusing_upstream_is_a_502_that_names_its_address(tiny_model_dir, serve_app):
+def test_a_refusing_upstream_is_a_502_that_names_its_address(tiny_model_dir, serve_app, caplog):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     app = create_app(_settings(f"http://127.0.0.1:{port}", tiny_model_dir))
+    caplog.set_level("INFO", logger="es_rerank.upstream")
     with serve_app(app) as served:
         for target in ("/ft-x/_search", "/_cat/health"):
             answer = exchange(served.port, request("POST" if "search" in target else "GET", target, SEARCH if "search" in target else b"", JSON))
@@ -92,7 +93,51 @@ def test_a_refusing_upstream_is_a_502_that_names_its_address(tiny_model_dir, ser
             assert f"127.0.0.1:{port}" in answer.json()["error"]["reason"]
         health = exchange(served.port, request("GET", "/_rerank/health"))
         assert health.status == 503 and health.json()["upstream"]["reachable"] is False
+    # Three failed requests, one line: the log says when the state changes, not each time.
+    changes = [r for r in caplog.records if r.name == "es_rerank.upstream"]
+    assert len(changes) == 1 and f"127.0.0.1:{port}" in changes[0].getMessage()
 
+
+def test_the_log_says_when_the_upstream_comes_back(tiny_model_dir, serve_app, caplog):
+    """Down, then up: one line each (the upstream here starts after the first failure)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    caplog.set_level("INFO", logger="es_rerank.upstream")
+    with serve_app(create_app(_settings(f"http://127.0.0.1:{port}", tiny_model_dir))) as served:
+        assert exchange(served.port, request("GET", "/_rerank/health")).status == 503
+        upstream = FaultyUpstream(port=port)
+        try:
+            assert exchange(served.port, request("GET", "/_rerank/health")).status == 200
+            assert exchange(served.port, request("GET", "/_rerank/health")).status == 200
+        finally:
+            upstream.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "es_rerank.upstream"]
+    assert len(lines) == 2 and "unavailable" in lines[0] and "reachable" in lines[1]
+
+
+def test_a_100_mb_body_with_the_default_limits_costs_other_clients_nothing(faulty, tiny_model_dir, serve_app):
+    app = create_app(_settings(faulty.url, tiny_model_dir))  # max_content_length: 100 MB
+    with serve_app(app) as served:
+        outcome = {}
+
+        def upload() -> None:
+            with connect(served.port, timeout=120) as sock:
+                sock.sendall(request("POST", "/ft-ok/_bulk", b"", {**JSON, "Transfer-Encoding": "chunked"}))
+                chunk = b"x" * (1 << 20)
+                try:
+                    for _ in range(101):
+                        sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    sock.sendall(b"0\r\n\r\n")
+                except OSError:
+                    pass  # refused mid-way: the answer is waiting
+                outcome["big"] = read_answer(sock)
+
+        worker = threading.Thread(target=upload)
+        worker.start()
+        assert _served_by(served.port)
+        worker.join(120)
+        assert outcome["big"].status == 413 and is_shaped_error(outcome["big"])
 
 # -- nobody reaches past the upstream --------------------------------------------
 
