@@ -29,6 +29,8 @@ __all__ = [
     "ChunkSettings",
     "ServerSettings",
     "AdminSettings",
+    "CorsSettings",
+    "SupersedeSettings",
     "load_settings",
     "settings_from_dict",
 ]
@@ -222,6 +224,8 @@ class ServerSettings(_Strict):
     )
     max_connections: int = Field(1000, ge=1, description="client connections open at once; one more is answered 503")
     admin: "AdminSettings" = Field(default_factory=lambda: AdminSettings())
+    cors: "CorsSettings" = Field(default_factory=lambda: CorsSettings())
+    supersede: "SupersedeSettings" = Field(default_factory=lambda: SupersedeSettings())
 
 
 class AdminSettings(_Strict):
@@ -239,6 +243,69 @@ class AdminSettings(_Strict):
         if self.auth == "api_key" and not self.api_key:
             raise ValueError("auth: api_key needs api_key (or ES_RERANK_ADMIN_API_KEY)")
         return self
+
+
+# OpenSearch's http.cors.* defaults, widened to what search UIs send (Elastic's
+# connector sends x-elastic-client-meta; a compare page sends x-rerank-enabled).
+CORS_ALLOW_HEADERS = (
+    "X-Requested-With", "Content-Type", "Content-Length", "Authorization", "Accept", "User-Agent",
+    "X-Elastic-Client-Meta", "X-Rerank-Enabled",
+)  # fmt: skip
+# What page code may read of an answer: every x-rerank-* header es-rerank writes.
+CORS_EXPOSE_HEADERS = (
+    "x-rerank", "x-rerank-reason", "x-rerank-model", "x-rerank-provider", "x-rerank-window",
+    "x-rerank-upstream-ms", "x-rerank-tokenize-ms", "x-rerank-queue-ms", "x-rerank-inference-ms",
+    "x-rerank-pairs", "x-rerank-cache-hits", "x-rerank-total-ms", "x-rerank-items", "x-rerank-item-outcomes",
+)  # fmt: skip
+
+
+class CorsSettings(_Strict):
+    """CORS answered by es-rerank itself, as OpenSearch's ``http.cors.*`` would (es_rerank/cors.py).
+    Off: OpenSearch's own CORS headers are relayed and preflights forwarded to it."""
+
+    enabled: bool = Field(False, description="http.cors.enabled: answer preflights and add CORS headers to every answer")
+    allow_origin: str | list[str] = Field(
+        default_factory=list,
+        description="http.cors.allow-origin: '*', origins (a list, or one string, comma-separated), "
+        "or a regular expression between slashes, e.g. '/https?:\\/\\/localhost(:[0-9]+)?/'",
+    )
+    allow_methods: list[str] = Field(
+        default_factory=lambda: ["OPTIONS", "HEAD", "GET", "POST", "PUT", "DELETE"], description="http.cors.allow-methods"
+    )
+    allow_headers: list[str] = Field(
+        default_factory=lambda: list(CORS_ALLOW_HEADERS), description="http.cors.allow-headers ('*': any)"
+    )
+    allow_credentials: bool = Field(False, description="http.cors.allow-credentials")
+    max_age: int = Field(1728000, ge=0, description="http.cors.max-age: seconds a browser may cache a preflight")
+    expose_headers: list[str] = Field(
+        default_factory=lambda: list(CORS_EXPOSE_HEADERS),
+        description="headers page code may read (Access-Control-Expose-Headers); default the x-rerank-* set",
+    )
+
+    @model_validator(mode="after")
+    def _check_origin(self) -> "CorsSettings":
+        if self.enabled and not self.allow_origin:
+            raise ValueError("enabled needs allow_origin ('*', a list of origins or /regex/)")
+        if isinstance(self.allow_origin, str) and len(self.allow_origin) > 1 and self.allow_origin[0] == self.allow_origin[-1] == "/":
+            import re
+
+            try:
+                re.compile(self.allow_origin[1:-1])
+            except re.error as exc:
+                raise ValueError(f"allow_origin is not a valid regular expression: {exc}") from None
+        return self
+
+
+class SupersedeSettings(_Strict):
+    """Search-as-you-type: a client's newest search wins the model over its older queued ones."""
+
+    enabled: bool = Field(
+        True, description="a search queued behind the model is answered in first-stage order (reason superseded) "
+        "when the same client sends a newer one",
+    )
+    client_header: str | None = Field(
+        None, description="request header naming the client (else ext.ubi.client_id, else address and index)"
+    )
 
 
 class Settings(_Strict):
