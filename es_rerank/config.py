@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .experiments.config import ExperimentSettings, UbiSettings, experiment_problems  # experiments: A/B, interleaving
 
 __all__ = [
     "Settings",
@@ -314,6 +315,8 @@ class Settings(_Strict):
     models: dict[str, ModelSettings] = Field(default_factory=dict)
     indices: list[IndexSettings] = Field(default_factory=list)
     default_model: str | None = None
+    experiments: list[ExperimentSettings] = Field(default_factory=list)  # es_rerank/experiments/
+    ubi: UbiSettings = UbiSettings()
 
     @model_validator(mode="after")
     def _check_models(self) -> "Settings":
@@ -370,6 +373,7 @@ def _reference_problems(data: Mapping) -> list[str]:
         fallback = spec.get("fallback_model")
         if isinstance(fallback, str) and fallback not in models:
             problems.append(f"index {pattern!r}: fallback_model {fallback!r} is not under models")
+    problems += experiment_problems(data)
     return problems
 
 

@@ -82,10 +82,31 @@ class Metrics:
             "Estimated seconds for the work queued at each model (0 until the model has run once).",
             ["model"], registry=r,
         )
+        # Experiments (es_rerank/experiments/record.py): UBI documents by index and outcome.
+        self.ubi_documents = Counter(
+            "es_rerank_ubi_documents",
+            "UBI documents (ubi_queries, ubi_events) by index and outcome: written, or dropped "
+            "(queue_full, refused, unavailable, stopped).",
+            ["index", "outcome"], registry=r,
+        )
+        self.ubi_queue = Gauge("es_rerank_ubi_queue", "UBI documents waiting to be written.", registry=r)
+        self.experiment_searches = Counter(
+            "es_rerank_experiment_searches", "Searches and _msearch items served under an experiment, by arm.",
+            ["experiment", "arm"], registry=r,
+        )
 
     def watch_queue(self, model: str, seconds: Callable[[], float | None]) -> None:
         """Read ``seconds()`` for ``model``'s queue gauge at each scrape."""
         self.queue_wait.labels(model).set_function(lambda: seconds() or 0.0)
+
+    def watch_ubi_queue(self, length: Callable[[], int]) -> None:
+        self.ubi_queue.set_function(length)
+
+    def observe_ubi(self, index: str, outcome: str, n: int = 1) -> None:
+        self.ubi_documents.labels(index, outcome).inc(n)
+
+    def observe_arm(self, experiment: str, arm: str) -> None:
+        self.experiment_searches.labels(experiment, arm).inc()
 
     def observe_request(self, route: str, index: str, outcome: str, reason: str, seconds: float) -> None:
         self.requests.labels(route, index, outcome, reason).inc()
