@@ -213,8 +213,9 @@ class Batcher:
         return (self._queued_tokens() + tokens) * self.seconds_per_token
 
     def _queued_tokens(self) -> int:
-        """Tokens of the run in progress and of the pending jobs (lock held)."""
-        return self._running_tokens + sum(job.pending_tokens() for job in self._pending)
+        """Tokens of the run in progress and of the pending jobs (lock held). A cancelled job
+        (its caller left, or was superseded) is not counted: it leaves before the next run."""
+        return self._running_tokens + sum(job.pending_tokens() for job in self._pending if not job.future.cancelled())
 
     def _learn(self, seconds: float, tokens: int) -> None:
         """Move the rate toward one run's measure, by the share of the budget it filled (lock held)."""
