@@ -17,12 +17,12 @@ from typing import Mapping
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .config import AdminSettings
+from .config import AdminSettings, UpstreamSettings
 from .errors import AccessDeniedError, RerankError, error_body
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .reranker import Reranker
 from .responses import json_response
-from .upstream import Upstream
+from .upstream import Transport
 
 __all__ = ["Admin"]
 
@@ -32,10 +32,17 @@ _HEALTH_PROBE_TIMEOUT_S = 2.0
 
 class Admin:
     def __init__(
-        self, settings: AdminSettings, *, upstream: Upstream, rerankers: Mapping[str, Reranker], metrics: Metrics
+        self,
+        settings: AdminSettings,
+        *,
+        upstream: Transport,
+        credentials: UpstreamSettings,
+        rerankers: Mapping[str, Reranker],
+        metrics: Metrics,
     ) -> None:
         self.settings = settings
         self.upstream = upstream
+        self.credentials = credentials  # es-rerank's own, for its health probe only
         self.rerankers = rerankers
         self.metrics = metrics
 
@@ -66,7 +73,7 @@ class Admin:
 
     async def _probe(self) -> None:
         """Ask OpenSearch ``GET /`` with es-rerank's own credentials; the answer updates its state."""
-        settings = self.upstream.settings
+        settings = self.credentials
         headers = []
         if settings.username:
             token = base64.b64encode(f"{settings.username}:{settings.password or ''}".encode()).decode()

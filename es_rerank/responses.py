@@ -17,9 +17,14 @@ from .bodies import dumps, dumps_pretty
 from .errors import RerankError
 from .upstream import UpstreamResponse, response_headers
 
-__all__ = ["json_response", "error_response", "dump_for", "rebuilt", "relay", "wants_pretty"]
+__all__ = ["json_response", "error_response", "dump_for", "rebuilt", "relay", "wants_pretty", "marks"]
 
 Headers = Sequence[tuple[str, str]]
+
+
+def marks(outcome: str, reason: str) -> list[tuple[str, str]]:
+    """The ``x-rerank`` and ``x-rerank-reason`` headers of an answer."""
+    return [("x-rerank", str(outcome)), ("x-rerank-reason", str(reason))]
 
 
 def json_response(body: Any, status: int, headers: Headers = ()) -> Response:

@@ -32,7 +32,8 @@ from .errors import ModelOverloadedError
 from .metrics import Metrics, RequestTimings
 from .passages import aggregate_scores, hit_text, split_passages
 from .reranker import Reranker, ScoreStats
-from .search import SearchPlan, rebuild_response, window_hits
+from .plan import SearchPlan
+from .rebuild import rebuild_response, window_hits
 
 __all__ = ["Outcome", "Reason", "Scored", "Step", "Scorer", "degrade_steps", "SHED_AT"]
 

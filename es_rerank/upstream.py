@@ -7,7 +7,7 @@ import logging
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Protocol
 
 import aiohttp
 from yarl import URL
@@ -15,7 +15,7 @@ from yarl import URL
 from .config import UpstreamSettings
 from .errors import UpstreamBadResponseError, UpstreamTimeoutError, UpstreamUnavailableError
 
-__all__ = ["Upstream", "UpstreamResponse", "UpstreamState", "HOP_BY_HOP", "forwardable_headers", "response_headers"]
+__all__ = ["Transport", "Upstream", "UpstreamResponse", "UpstreamState", "HOP_BY_HOP", "forwardable_headers", "response_headers"]
 
 logger = logging.getLogger("es_rerank.upstream")
 
@@ -107,6 +107,28 @@ class UpstreamState:
             "last_error": self.last_error,
             "since": self.changed_at,
         }
+
+
+class Transport(Protocol):
+    """How the proxy asks OpenSearch: :class:`Upstream` over aiohttp, or any object with
+    this shape (tests pass one in to answer without a network)."""
+
+    base_url: str
+    state: UpstreamState
+
+    async def request(
+        self,
+        method: str,
+        raw_path: bytes,
+        query: bytes = b"",
+        *,
+        headers: list[tuple[str, str]] | None = None,
+        content: bytes | None = None,
+        decode: bool = False,
+        timeout: float | None = None,
+    ) -> UpstreamResponse: ...
+
+    async def aclose(self) -> None: ...
 
 
 class Upstream:

@@ -54,3 +54,15 @@ class Reranker(Protocol):
     def info(self) -> dict[str, Any]:
         """A JSON-serialisable description (name, provider, status...)."""
         ...
+
+    def query_token_budget(self, query: str, max_length: int) -> int:
+        """Tokens left for a passage beside ``query`` in a pair of ``max_length`` (for chunking)."""
+        ...
+
+    def chunk_text(self, text: str, chunk_tokens: int, stride: int, max_chunks: int) -> list[str]:
+        """``text`` cut into windows of ``chunk_tokens`` tokens sharing ``stride`` (for chunking)."""
+        ...
+
+    def close(self) -> None:
+        """Stop the model's worker; later calls fail."""
+        ...

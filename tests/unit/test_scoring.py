@@ -11,7 +11,7 @@ from es_rerank.config import IndexSettings, ServerSettings, settings_from_dict
 from es_rerank.errors import ConfigError, ModelError, ModelOverloadedError
 from es_rerank.metrics import Metrics
 from es_rerank.scoring import Outcome, Reason, Scorer, Step, degrade_steps
-from es_rerank.search import plan_search
+from es_rerank.plan import plan_search
 
 
 def test_default_steps_shrink_then_first_stage_or_fallback_model_first():

@@ -15,7 +15,8 @@ import pytest
 from es_rerank.config import IndexSettings
 from es_rerank.errors import BadRequestError, UnknownModelError
 from es_rerank.passages import field_values, hit_text
-from es_rerank.search import DEFAULT_SIZE, SearchPlan, plan_search, rebuild_response, window_hits
+from es_rerank.plan import DEFAULT_SIZE, SearchPlan, plan_search
+from es_rerank.rebuild import rebuild_response, window_hits
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
