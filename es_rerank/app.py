@@ -20,6 +20,9 @@ from .admin import Admin
 from .bodies import UnreadableBody
 from .config import Settings
 from .errors import ClientTimeoutError, ContentTooLongError, MethodNotAllowedError, RerankError
+from .experiments.events import EventsEndpoint
+from .experiments.flow import ExperimentFlow
+from .experiments.record import Recorder
 from .forwarding import ClientRequest, Forwarder
 from .metrics import Metrics
 from .msearch import MsearchFlow
@@ -90,7 +93,13 @@ class RerankProxy:
             self.metrics.watch_queue(name, reranker.queue_wait_s)
         self.scorer = Scorer(settings.server, self.rerankers, self.metrics)
         self.forwarder = Forwarder(upstream)
-        self.search = SearchFlow(settings, forwarder=self.forwarder, scorer=self.scorer, rerankers=self.rerankers)
+        # Experiments: served pages and posted events written to UBI's indices.
+        self.recorder = Recorder(upstream, settings.ubi, self.metrics, credentials=settings.upstream)
+        self.experiments = ExperimentFlow(settings, self.recorder, self.metrics) if settings.experiments else None
+        self.events = EventsEndpoint(settings.ubi, self.recorder)
+        self.search = SearchFlow(
+            settings, forwarder=self.forwarder, scorer=self.scorer, rerankers=self.rerankers, experiments=self.experiments
+        )
         self.msearch = MsearchFlow(self.search)
         self.admin = Admin(
             settings.server.admin,
@@ -138,13 +147,20 @@ class RerankProxy:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                await self.startup()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.recorder.stop()  # what is queued is written first
                 await self.upstream.aclose()
                 for reranker in self.rerankers.values():
                     reranker.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def startup(self) -> None:
+        """Start what runs beside the requests: the UBI recorder, when experiments are configured."""
+        if self.experiments is not None:
+            await self.recorder.start()
 
     async def _client_request(self, request: Request) -> ClientRequest:
         """The request read once: target as sent, headers, the whole body within the limits."""
@@ -178,6 +194,8 @@ class RerankProxy:
         where = route(client.method, client.raw_path, self.settings)
         request.scope["es_rerank.route"] = str(where.kind)
         if where.kind is RouteKind.OWN:
+            if where.own_path == "ubi/events":  # experiments: UBI events from clients
+                return await self.events.handle(client)
             return await self.admin.handle(request, where.own_path)
         if where.kind is RouteKind.SEARCH:
             # Label by the config rule, not the raw index: bounded cardinality.

@@ -29,12 +29,14 @@ from .querytext import strip_rerank_ext
 from .rebuild import msearch_problem
 from .responses import dump_for, json_response, marks, rebuilt, relay
 from .scoring import Outcome
+from .experiments.flow import Trial
 from .search import SearchFlow, read_answer
 
 __all__ = ["MsearchItem", "MsearchFlow", "parse_msearch", "serialize_msearch", "item_target"]
 
-# One item's plan: (its index settings, its plan), refused (an error), or None (forwarded).
-Planned = tuple[IndexSettings, SearchPlan] | RerankError | None
+# One item's plan: (its index settings, its plan, its experiment trial or None), refused
+# (an error), or None (forwarded).
+Planned = tuple[IndexSettings, SearchPlan, Trial | None] | RerankError | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +136,11 @@ class MsearchFlow:
         if spec is None or line.body is None:
             return None  # forwarded; OpenSearch answers it
         try:
-            return spec, self.search.plan(spec, line.body, [], request)
+            experiments = self.search.experiments  # A/B and interleaving: the arm's settings, ext.ubi recorded
+            trial = experiments.begin(request.headers, spec, line.body, target) if experiments else None
+            if trial is not None:
+                return trial.spec, self.search.plan(trial.spec, trial.body, [], request), trial
+            return spec, self.search.plan(spec, line.body, [], request), None
         except RerankError as exc:
             return exc
 
@@ -168,6 +174,9 @@ class MsearchFlow:
                 return result, Outcome.ERROR
             if item is None or not item[1].rerank:
                 return result, Outcome.SKIPPED
+            if item[2] is not None:  # experiments: the arm's order, recorded as served
+                served, scored, _ = await item[2].serve(self.search.scorer, item[1], result, started, upstream_ms)
+                return served, Outcome.SKIPPED if scored is None else scored.outcome
             reranked, scored, _ = await self.search.scorer.rerank(item[1], item[0], result, started, upstream_ms)
             return reranked, scored.outcome  # fallback items say so, as a _search does
 
@@ -181,5 +190,9 @@ class MsearchFlow:
             ("x-rerank-items", f"{n}/{len(items)}"),  # reranked of all items, then each outcome's count
             ("x-rerank-item-outcomes", ",".join(f"{outcome}={count}" for outcome, count in counts.items())),
         ]
+        trials = [item[2] if isinstance(item, tuple) and item[2] is not None and item[2].served else None for item in items]
+        if any(trials):  # experiments: each item's arm and query id, "-" for items in none
+            headers.append(("x-rerank-arm", ",".join(t.assignment.label if t else "-" for t in trials)))
+            headers.append(("x-rerank-query-id", ",".join(t.assignment.query_id if t else "-" for t in trials)))
         content = dump_for(data, request.params)
         return relay(rebuilt(request.header("accept-encoding"), answer.headers, content), headers)

@@ -20,6 +20,7 @@ from starlette.responses import Response
 from .bodies import dumps, loads_response
 from .config import IndexSettings, Settings
 from .errors import UpstreamBadResponseError
+from .experiments.flow import BM25_REASON, ExperimentFlow, search_target
 from .forwarding import ClientRequest, Forwarder
 from .plan import SearchPlan, passthrough_plan, plan_search
 from .rebuild import response_problem
@@ -48,12 +49,14 @@ class SearchFlow:
     """Serves ``_search`` requests; the collaborators are passed in."""
 
     def __init__(
-        self, settings: Settings, *, forwarder: Forwarder, scorer: Scorer, rerankers: Mapping[str, Reranker]
+        self, settings: Settings, *, forwarder: Forwarder, scorer: Scorer, rerankers: Mapping[str, Reranker],
+        experiments: ExperimentFlow | None = None,
     ) -> None:
         self.settings = settings
         self.forwarder = forwarder
         self.scorer = scorer
         self.rerankers = rerankers
+        self.experiments = experiments  # A/B and interleaving (es_rerank/experiments/)
 
     def plan(self, spec: IndexSettings, body: Mapping[str, Any], params: list[tuple[str, str]], request: ClientRequest) -> SearchPlan:
         return plan_search(
@@ -84,11 +87,16 @@ class SearchFlow:
         if skip is not None or spec is None:
             return await self.forwarder.forward_plan(request, body, passthrough_plan(body, params, skip or ""))
 
-        plan = self.plan(spec, body, params, request)
+        # Experiments: the arm's model and window; ext.ubi is es-rerank's to record.
+        trial = self.experiments.begin(request.headers, spec, body, search_target(request.raw_path)) if self.experiments else None
+        if trial is not None:
+            spec = trial.spec
+        planned = body if trial is None else trial.body
+        plan = self.plan(spec, planned, params, request)
         if plan.rerank and self.scorer.overloaded(plan, spec):
             # No model could score this in time even first in line after the work queued
             # now: OpenSearch's own answer, as cheaply as a skip, but marked a fallback.
-            shed = passthrough_plan(body, params, Reason.OVERLOADED)
+            shed = passthrough_plan(planned, params, Reason.OVERLOADED)
             return await self.forwarder.forward_plan(request, body, shed, Outcome.FALLBACK)
         if not plan.rerank:
             return await self.forwarder.forward_plan(request, body, plan)
@@ -99,13 +107,20 @@ class SearchFlow:
         if answer.status == 400:
             # The rewrite may be what OpenSearch refused (`fields` on an index whose _source
             # is disabled, a limit on size): the client gets the answer to its own request.
-            return await self.forwarder.forward_plan(request, body, passthrough_plan(body, params, "rewrite_refused"))
+            return await self.forwarder.forward_plan(request, body, passthrough_plan(planned, params, "rewrite_refused"))
         if answer.status != 200:
             return relay(answer, marks(Outcome.SKIPPED, "upstream_error"))
         data = read_answer(answer.content, response_problem)
         gone = request.disconnected() if request.disconnected is not None else None
-        reranked, scored, timings = await self.scorer.rerank(plan, spec, data, started, upstream_ms, gone)
+        if trial is not None:  # experiments: the arm's order, recorded as served
+            reranked, scored, timings = await trial.serve(self.scorer, plan, data, started, upstream_ms, gone)
+            if scored is None:  # the bm25 arm: first-stage order, nothing scored
+                headers = [*marks(Outcome.SKIPPED, BM25_REASON), *trial.headers()]
+                return relay(rebuilt(request.header("accept-encoding"), answer.headers, dump_for(reranked, params)), headers)
+        else:
+            reranked, scored, timings = await self.scorer.rerank(plan, spec, data, started, upstream_ms, gone)
         headers = [
+            *(trial.headers() if trial is not None else ()),
             *marks(scored.outcome, scored.reason),
             ("x-rerank-model", scored.model),
             ("x-rerank-provider", str(self.rerankers[scored.model].info().get("provider", ""))),

@@ -11,11 +11,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Mapping
 
+from starlette.responses import Response
+
 from ..bodies import UnreadableBody, loads_request
-from ..errors import BadRequestError
+from ..errors import BadRequestError, MethodNotAllowedError, RerankError, UpstreamUnavailableError
+from ..responses import json_response
+from .config import UbiSettings
 from .ubi import now_iso
 
-__all__ = ["InvalidEventsError", "parse_events", "check_event"]
+__all__ = ["InvalidEventsError", "parse_events", "check_event", "EventsEndpoint"]
 
 _TOP = {
     "application", "action_name", "query_id", "session_id", "client_id", "user_id",
@@ -142,3 +146,40 @@ def parse_events(body: bytes, *, max_events: int) -> list[dict[str, Any]]:
     if problems:
         raise InvalidEventsError(f"{len(problems)} problem(s), nothing stored: " + "; ".join(problems))
     return [_normalized(e) for e in events]
+
+
+class EventsEndpoint:
+    """``POST /_rerank/ubi/events``: check every event, then write them all in one ``_bulk``.
+
+    Answers 200 ``{"acknowledged": true, "written": n}``; 400 when an event is bad
+    (nothing written); 503 when OpenSearch cannot be reached or refuses events (the
+    answer says how many were written and why the others were not). ``?refresh=``
+    is passed to the ``_bulk`` request.
+    """
+
+    def __init__(self, settings: UbiSettings, recorder) -> None:
+        self.settings = settings
+        self.recorder = recorder
+
+    async def handle(self, request) -> Response:
+        if request.method not in ("POST", "PUT"):
+            raise MethodNotAllowedError(
+                f"Incorrect HTTP method for uri [/_rerank/ubi/events] and method [{request.method}], allowed: [POST, PUT]"
+            )
+        try:
+            body = request.decoded_body(16 * 1024 * 1024)
+        except UnreadableBody as exc:
+            raise InvalidEventsError(f"request body cannot be decoded: {exc}") from None
+        events = parse_events(body, max_events=self.settings.max_events)
+        refresh = next((v for k, v in reversed(request.params) if k == "refresh"), None)
+        try:
+            written, errors = await self.recorder.write_now(self.settings.events_index, events, refresh=refresh)
+        except RerankError as exc:
+            raise UpstreamUnavailableError(f"UBI events not stored: {exc.reason}") from None
+        if errors:
+            body = {
+                "acknowledged": False, "written": written, "failed": len(errors), "reasons": sorted(set(errors))[:10],
+                "status": 503,
+            }
+            return json_response(body, 503)
+        return json_response({"acknowledged": True, "written": written}, 200)

@@ -50,8 +50,9 @@ class Recorder:
     """Writes UBI documents for the proxy; ``upstream`` is any object with the
     :class:`~es_rerank.upstream.Upstream` ``request`` coroutine."""
 
-    def __init__(self, upstream, settings: UbiSettings, metrics: Metrics) -> None:
+    def __init__(self, upstream, settings: UbiSettings, metrics: Metrics, *, credentials: UpstreamSettings | None = None) -> None:
         self.upstream = upstream
+        self.credentials = credentials  # es-rerank's own, never a client's
         self.settings = settings
         self.metrics = metrics
         self._queue: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
@@ -147,7 +148,7 @@ class Recorder:
             if not self.settings.create_indices:
                 self._ready.add(name)
                 continue
-            headers = own_auth_headers(self.upstream.settings)
+            headers = self._auth()
             answer = await self.upstream.request("HEAD", f"/{name}".encode(), headers=headers, timeout=self.settings.write_timeout)
             if answer.status == 404:
                 answer = await self.upstream.request(
@@ -162,11 +163,14 @@ class Recorder:
                 raise RerankError(f"cannot check index [{name}]: HTTP {answer.status}")
             self._ready.add(name)
 
-    async def write_now(self, index: str, docs: list[dict[str, Any]]) -> tuple[int, list[str]]:
+    def _auth(self) -> list[tuple[str, str]]:
+        return own_auth_headers(self.credentials) if self.credentials is not None else []
+
+    async def write_now(self, index: str, docs: list[dict[str, Any]], *, refresh: str | None = None) -> tuple[int, list[str]]:
         """Bulk-write ``docs`` to ``index`` now (the events endpoint): (written, errors).
         Raises :class:`RerankError` when OpenSearch cannot be reached."""
         await self.ensure_indices([index])
-        written, errors = await self._bulk([(index, d) for d in docs])
+        written, errors = await self._bulk([(index, d) for d in docs], refresh=refresh)
         return sum(n for n in written.values() if n > 0), [reason for _, reason in errors]
 
     async def _write(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
@@ -186,14 +190,15 @@ class Recorder:
         finally:
             self._written_event.set()
 
-    async def _bulk(self, batch: list[tuple[str, dict[str, Any]]]):
+    async def _bulk(self, batch: list[tuple[str, dict[str, Any]]], *, refresh: str | None = None):
         lines = []
         for index, doc in batch:
             lines.append(dumps({"index": {"_index": index}}))
             lines.append(dumps(_encoded(doc)))
-        headers = [*own_auth_headers(self.upstream.settings), ("content-type", "application/x-ndjson")]
+        headers = [*self._auth(), ("content-type", "application/x-ndjson")]
+        query = b"" if refresh is None else b"refresh=" + refresh.encode("ascii", "ignore")
         answer = await self.upstream.request(
-            "POST", b"/_bulk", headers=headers, content=b"\n".join(lines) + b"\n", decode=True,
+            "POST", b"/_bulk", query, headers=headers, content=b"\n".join(lines) + b"\n", decode=True,
             timeout=self.settings.write_timeout,
         )
         if answer.status != 200:
