@@ -187,8 +187,14 @@ class Batcher:
                 ahead = self._queued_tokens()
                 left = deadline - now
                 wait = (ahead + job.tokens()) * self.seconds_per_token
-                if wait > left:
-                    fits = job.prefix_fitting(int(max(0.0, left / self.seconds_per_token - ahead)))
+                room = max(0.0, left / self.seconds_per_token - ahead)  # tokens it can still have
+                if partial and ahead > 0:
+                    # Behind a queue a partial job takes at most half the room left, so the
+                    # next search keeps a share: a steady load shrinks every window (to about
+                    # rate x deadline / (searches + 1)) instead of refusing most searches whole.
+                    room /= 2
+                if job.tokens() > room:
+                    fits = job.prefix_fitting(int(room))
                     idle = ahead == 0 and admit_idle
                     least = min(MIN_PARTIAL, len(job.encodings))
                     if partial and (fits >= least or idle):

@@ -323,13 +323,39 @@ def test_behind_a_real_queue_a_job_that_cannot_make_it_is_refused_or_shrunk():
         with pytest.raises(Overloaded):  # not idle: the estimate decides
             batcher.submit(make_job(SEARCH), deadline=clock() + 0.9)
         part = make_job(SEARCH)
-        batcher.submit(part, deadline=clock() + 0.9, partial=True)
-        assert len(part.encodings) == 2  # 0.768 s ahead leaves room for two pairs of 64
+        batcher.submit(part, deadline=clock() + 1.1, partial=True)
+        assert len(part.encodings) == 2  # 0.768 s ahead: half the 0.332 s left holds two pairs of 64
         with pytest.raises(Overloaded):  # nothing fits: refused even with partial
             batcher.submit(make_job(SEARCH), deadline=clock() + 0.5, partial=True)
         model.gate.set()
         running.result(5), queued.result(5), part.future.result(5)
         assert batcher.refused == 2
+    finally:
+        if model.gate is not None:
+            model.gate.set()
+        batcher.close(ModelError("closed"))
+
+
+def test_behind_a_queue_partial_jobs_share_the_room_left_instead_of_the_first_taking_it_all():
+    """A steady load shrinks every window rather than refusing most searches whole."""
+    batcher, model, clock = timed_batcher(per_token=1e-3)
+    try:
+        batcher.submit(make_job(SEARCH)).result(5)  # rate: 1 ms a token
+        model.gate = threading.Event()
+        model.started.clear()
+        running = batcher.submit(make_job(SEARCH))  # 0.256 s in progress
+        assert model.started.wait(5)
+        queued = batcher.submit(make_job(SEARCH * 2))  # 0.512 s more queued
+        deadline = clock() + 1.3  # 0.532 s of room behind the queue
+        first, second = make_job(SEARCH), make_job(SEARCH)
+        batcher.submit(first, deadline=deadline, partial=True)
+        batcher.submit(second, deadline=deadline, partial=True)
+        assert len(first.encodings) == 4  # half the room: 0.266 s, four pairs of 64
+        assert len(second.encodings) == 2  # half of what is left: two pairs, not a refusal
+        model.gate.set()
+        for future in (running, queued, first.future, second.future):
+            future.result(5)
+        assert batcher.refused == 0
     finally:
         if model.gate is not None:
             model.gate.set()
@@ -416,52 +442,79 @@ def test_concurrent_threads_calling_score(merged, alone):
 
 
 def test_a_lone_ascore_is_not_held(tiny_model_dir):
+    """A lone call pays no batching wait: with a minute's wait configured, it is answered
+    (bounded by the test's own timeout, not by a wall-clock threshold)."""
     with OnnxReranker(
-        "tiny", tiny_model_dir / "model.onnx", tiny_model_dir / "tokenizer.json", cache_size=0, batch_wait_ms=500
+        "tiny", tiny_model_dir / "model.onnx", tiny_model_dir / "tokenizer.json", cache_size=0, batch_wait_ms=60_000
     ) as reranker:
         stats = ScoreStats()
-        t0 = time.perf_counter()
-        asyncio.run(reranker.ascore(QUERIES[0], TEXTS, stats=stats))
-        assert time.perf_counter() - t0 < 0.4
-        assert stats.hold_ms < 100
+        scores = asyncio.run(asyncio.wait_for(reranker.ascore(QUERIES[0], TEXTS, stats=stats), 30))
+        assert scores.shape == (len(TEXTS),)
+        assert stats.hold_ms < 60_000
 
 
-class SlowSession:
-    def __init__(self, inner, delay):
-        self.inner, self.delay, self.runs = inner, delay, 0
+class GatedSession:
+    """The real session; each run counts itself, says it started, and waits for ``gate``
+    (set: runs go through). With a ``clock``, a run also advances it by ``per_token`` x its tokens."""
 
-    def run(self, *args, **kwargs):
+    def __init__(self, inner, clock: FakeClock | None = None, per_token: float = 0.0) -> None:
+        self.inner, self.clock, self.per_token = inner, clock, per_token
+        self.runs = 0
+        self.started = threading.Event()
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def run(self, names, feeds, *args, **kwargs):
         self.runs += 1
-        time.sleep(self.delay)
-        return self.inner.run(*args, **kwargs)
+        self.started.set()
+        assert self.gate.wait(30)
+        if self.clock is not None:
+            self.clock.now += self.per_token * feeds["input_ids"].size
+        return self.inner.run(names, feeds, *args, **kwargs)
+
+
+def _gated(tiny_model_dir, clock=None, per_token=0.0, **options):
+    sessions: list[GatedSession] = []
+
+    def wrap(session):
+        sessions.append(GatedSession(session, clock, per_token))
+        return sessions[-1]
+
+    reranker = OnnxReranker(
+        "tiny", tiny_model_dir / "model.onnx", tiny_model_dir / "tokenizer.json", wrap_session=wrap,
+        **({"clock": clock} if clock is not None else {}), **options,
+    )  # fmt: skip
+    return reranker, sessions[0]
 
 
 def test_a_timed_out_call_stops_costing_model_time(tiny_model_dir):
-    with OnnxReranker(
-        "tiny", tiny_model_dir / "model.onnx", tiny_model_dir / "tokenizer.json", cache_size=0, batch_size=1
-    ) as reranker:
-        slow = SlowSession(reranker._session, 0.05)
-        reranker._session = slow
+    reranker, session = _gated(tiny_model_dir, cache_size=0, batch_size=1)
+    with reranker:
+        session.gate.clear()
 
         async def main():
-            with pytest.raises(asyncio.TimeoutError):
-                await asyncio.wait_for(reranker.ascore(QUERIES[0], [f"text {i}" for i in range(40)]), 0.12)
-            await asyncio.sleep(0.3)
+            call = asyncio.ensure_future(reranker.ascore(QUERIES[0], [f"text {i}" for i in range(40)]))
+            assert await asyncio.to_thread(session.started.wait, 30)  # its first run is in progress
+            call.cancel()  # what a timeout does
+            with pytest.raises(asyncio.CancelledError):
+                await call
 
         asyncio.run(main())
-        assert slow.runs < 10  # 40 one-row runs were asked; the rest were dropped
-        # the model still serves
+        session.gate.set()
+        # Queued behind whatever was left: when it is answered, the model is done with the rest.
         assert reranker.score(QUERIES[0], ["x", "y"]).shape == (2,)
+        assert session.runs <= 2 + 2  # the run in progress (and at most one taken with it), then the two above; not 40
 
 
 def test_closing_fails_waiting_callers(tiny_model_dir):
-    reranker = OnnxReranker("tiny", tiny_model_dir / "model.onnx", tiny_model_dir / "tokenizer.json", batch_size=1)
-    reranker._session = SlowSession(reranker._session, 0.05)
+    reranker, session = _gated(tiny_model_dir, batch_size=1)
+    session.gate.clear()
 
     async def main():
         task = asyncio.ensure_future(reranker.ascore(QUERIES[0], [f"text {i}" for i in range(20)]))
-        await asyncio.sleep(0.1)
+        assert await asyncio.to_thread(session.started.wait, 30)
         reranker.close()
+        session.gate.set()
         with pytest.raises(ModelError):
             await task
 
@@ -469,28 +522,30 @@ def test_closing_fails_waiting_callers(tiny_model_dir):
 
 
 def test_a_call_the_queue_cannot_serve_in_time_is_refused_and_the_others_are_scored(tiny_model_dir):
-    with OnnxReranker(
-        "tiny", tiny_model_dir / "model.onnx", tiny_model_dir / "tokenizer.json",
-        cache_size=0, batch_size=4, max_batch_tokens=256, batch_wait_ms=0,
-    ) as reranker:  # fmt: skip
-        reranker._session = SlowSession(reranker._session, 0.03)
+    clock = FakeClock()
+    reranker, session = _gated(
+        tiny_model_dir, clock, 1e-3, cache_size=0, batch_size=4, max_batch_tokens=256, batch_wait_ms=0
+    )
+    with reranker:
         texts = [f"passage number {i} " + "word " * 30 for i in range(40)]
         want = np.concatenate([reranker.score(QUERIES[0], texts[i : i + 4]) for i in range(0, 40, 4)])
-        assert reranker.engine_info()["seconds_per_token"] is not None
+        assert reranker.engine_info()["seconds_per_token"] is not None  # 1 ms a token, on the fake clock
+        session.gate.clear()
+        session.started.clear()
+        runs_before = session.runs
 
         async def main():
-            first = asyncio.ensure_future(reranker.ascore(QUERIES[0], texts, budget_s=30))
-            await asyncio.sleep(0.05)  # queued and running: 10 runs, about 0.3 s
-            t0 = time.perf_counter()
+            first = asyncio.ensure_future(reranker.ascore(QUERIES[0], texts, budget_s=300))
+            assert await asyncio.to_thread(session.started.wait, 30)  # running, the rest queued
             with pytest.raises(ModelOverloadedError, match="overloaded"):
                 await reranker.ascore(QUERIES[1], texts, budget_s=0.1)
-            refused_after = time.perf_counter() - t0
-            return await first, refused_after
+            session.gate.set()
+            return await first
 
-        scores, refused_after = asyncio.run(main())
+        scores = asyncio.run(main())
         np.testing.assert_allclose(scores, want, atol=1e-5, rtol=0)
-        assert refused_after < 0.1  # answered before its budget ran out
         assert reranker.engine_info()["refused"] == 1
+        assert session.runs - runs_before == 10  # the first call's ten runs; none of the refused one's
 
 
 class ClockedSession:
