@@ -19,6 +19,7 @@ from starlette.responses import Response
 from .admin import Admin
 from .bodies import UnreadableBody
 from .config import Settings
+from .cors import with_cors
 from .errors import ClientTimeoutError, ContentTooLongError, MethodNotAllowedError, RerankError
 from .experiments.events import EventsEndpoint
 from .experiments.flow import ExperimentFlow
@@ -177,6 +178,7 @@ class RerankProxy:
             body=body,
             params=parse_qsl(query.decode("latin-1"), keep_blank_values=True),
             disconnected=lambda: _disconnected(request),
+            address=request.client.host if request.client else None,
         )
         if body:
             # Refuse a body, compressed or not, nested deep enough to bring OpenSearch down;
@@ -224,4 +226,5 @@ def create_app(
         rerankers = load_rerankers(settings)
     if upstream is None:
         upstream = Upstream(settings.upstream)
-    return RerankProxy(settings, upstream=upstream, rerankers=rerankers)
+    # With server.cors on, es-rerank answers preflights and every answer carries the headers.
+    return with_cors(RerankProxy(settings, upstream=upstream, rerankers=rerankers), settings.server.cors)

@@ -41,6 +41,7 @@ class ClientRequest:
     params: list[tuple[str, str]] = field(default_factory=list)
     # Completes when the client disconnects (an awaitable made on demand).
     disconnected: Callable[[], Awaitable[None]] | None = None
+    address: str | None = None  # the client's IP address (whose newest search wins: supersession)
 
     def header(self, name: str, default: str = "") -> str:
         name = name.lower()

@@ -31,6 +31,7 @@ from .responses import dump_for, json_response, marks, rebuilt, relay
 from .scoring import Outcome
 from .experiments.flow import Trial
 from .search import SearchFlow, read_answer
+from .supersession import Claim
 
 __all__ = ["MsearchItem", "MsearchFlow", "parse_msearch", "serialize_msearch", "item_target"]
 
@@ -156,6 +157,22 @@ class MsearchFlow:
         if all(isinstance(item, RerankError) for item in items):
             body = {"took": 0, "responses": [item.to_body() for item in items if isinstance(item, RerankError)]}
             return json_response(body, 200, marks(Outcome.SKIPPED, "invalid_items"))
+        # One claim for the request (its items never supersede each other); items in an
+        # experiment are served by their trial and take none.
+        reranked = [item for item in items if isinstance(item, tuple) and item[1].rerank and item[2] is None]
+        claim = None
+        if reranked:
+            key = self.search.client_key(request, [line.body for line in lines], [spec.pattern for spec, _, _ in reranked])
+            claim = await self.search.scorer.claim(key)
+        try:
+            return await self._planned(request, items, forward, started, claim)
+        finally:
+            self.search.scorer.release(claim)
+
+    async def _planned(
+        self, request: ClientRequest, items: list[Planned], forward: list[tuple[bytes, Any]], started: float,
+        claim: Claim | None,
+    ) -> Response:
         # Items es-rerank refused never go upstream.
         sent = [pair for pair, item in zip(forward, items) if not isinstance(item, RerankError)]
         t_upstream = time.perf_counter()
@@ -167,6 +184,12 @@ class MsearchFlow:
         upstream_items = iter(data["responses"])
         paired = [(item, None if isinstance(item, RerankError) else next(upstream_items, None)) for item in items]
 
+        # One watch of the connection for every item: a client that leaves stops them all.
+        gone = asyncio.ensure_future(request.disconnected()) if request.disconnected is not None else None
+
+        def watch() -> Any:
+            return asyncio.shield(gone) if gone is not None else None
+
         async def one(item: Planned, result: Any) -> tuple[Any, Outcome]:
             if isinstance(item, RerankError):
                 return item.to_body(), Outcome.ERROR
@@ -175,12 +198,16 @@ class MsearchFlow:
             if item is None or not item[1].rerank:
                 return result, Outcome.SKIPPED
             if item[2] is not None:  # experiments: the arm's order, recorded as served
-                served, scored, _ = await item[2].serve(self.search.scorer, item[1], result, started, upstream_ms)
+                served, scored, _ = await item[2].serve(self.search.scorer, item[1], result, started, upstream_ms, watch())
                 return served, Outcome.SKIPPED if scored is None else scored.outcome
-            reranked, scored, _ = await self.search.scorer.rerank(item[1], item[0], result, started, upstream_ms)
+            reranked, scored, _ = await self.search.scorer.rerank(item[1], item[0], result, started, upstream_ms, watch(), claim)
             return reranked, scored.outcome  # fallback items say so, as a _search does
 
-        done = await asyncio.gather(*(one(i, r) for i, r in paired))
+        try:
+            done = await asyncio.gather(*(one(i, r) for i, r in paired))
+        finally:
+            if gone is not None:
+                gone.cancel()
         data["responses"] = [body for body, _ in done]
         counts = {outcome: sum(1 for _, o in done if o is outcome) for outcome in Outcome}
         n = counts[Outcome.RERANKED]

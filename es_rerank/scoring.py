@@ -34,6 +34,7 @@ from .passages import aggregate_scores, hit_text, split_passages
 from .reranker import Reranker, ScoreStats
 from .plan import SearchPlan
 from .rebuild import rebuild_response, window_hits
+from .supersession import Claim, Claims
 
 __all__ = ["Outcome", "Reason", "Scored", "Step", "Scorer", "degrade_steps", "SHED_AT"]
 
@@ -63,6 +64,7 @@ class Reason(StrEnum):
     RERANK_TIMEOUT = "rerank_timeout"  # scoring ran past rerank_timeout
     RERANK_ERROR = "rerank_error"  # the model failed
     CLIENT_CLOSED = "client_closed"  # the client went away; scoring stopped
+    SUPERSEDED = "superseded"  # the same client sent a newer search (es_rerank/supersession.py)
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,17 @@ class Scorer:
         self.server = server
         self.rerankers = rerankers
         self.metrics = metrics
+        self.claims = Claims()
+
+    async def claim(self, key: str | None) -> Claim | None:
+        """The client's turn at the model for a search about to be reranked (before the
+        overload check): its older search is superseded and its model work withdrawn first.
+        None when the client is not known or ``server.supersede`` is off."""
+        return await self.claims.claim(key) if self.server.supersede.enabled else None
+
+    def release(self, claim: Claim | None) -> None:
+        """The search holding ``claim`` is answered."""
+        self.claims.release(claim)
 
     def overloaded(self, plan: SearchPlan, spec: IndexSettings) -> bool:
         """Every model the search could use has a queue that alone outlasts the budget
@@ -122,14 +135,14 @@ class Scorer:
 
     async def rerank(
         self, plan: SearchPlan, spec: IndexSettings, data: dict, started: float, upstream_ms: float,
-        client_gone: Awaitable[None] | None = None,
+        client_gone: Awaitable[None] | None = None, claim: Claim | None = None,
     ) -> tuple[dict[str, Any], Scored, RequestTimings]:
         """Score, reorder and rebuild one search response; records its metrics.
 
         ``client_gone`` completes when the client disconnects: scoring stops then, so a
         search nobody waits for any more costs no further model time."""
         timings = RequestTimings(upstream_ms=upstream_ms)
-        scored = await self.score(plan, spec, data, timings, client_gone)
+        scored = await self.score(plan, spec, data, timings, client_gone, claim)
         self.metrics.observe_rerank(timings)
         self.metrics.observe_outcome(spec.pattern, scored.model, scored.outcome, scored.reason)
         proxy_ms = int(round((time.perf_counter() - started) * 1000 - upstream_ms))
@@ -142,9 +155,14 @@ class Scorer:
 
     async def score(
         self, plan: SearchPlan, spec: IndexSettings, data: dict, timings: RequestTimings,
-        client_gone: Awaitable[None] | None = None,
+        client_gone: Awaitable[None] | None = None, claim: Claim | None = None,
     ) -> Scored:
-        """The window's scores through the degrade steps, or first-stage order and why."""
+        """The window's scores through the degrade steps, or first-stage order and why.
+
+        ``claim``: the client's turn (:meth:`claim`); when the client sends a newer
+        search, this one stops and answers first-stage order (``superseded``)."""
+        if claim is not None and claim.is_superseded:
+            return Scored(None, Outcome.FALLBACK, Reason.SUPERSEDED, plan.model, plan.window)
         passages = [hit_text(h, spec.fields, spec.template) for h in window_hits(plan, data)]
         t0 = time.perf_counter()
         timeout = self.server.rerank_timeout
@@ -159,13 +177,21 @@ class Scorer:
         def first_stage(reason: Reason) -> Scored:
             return Scored(None, Outcome.FALLBACK, reason, plan.model, plan.window)
 
+        if claim is not None:
+            claim.scoring()
         try:
-            if gone is not None:
-                await asyncio.wait({scoring, gone}, return_when=asyncio.FIRST_COMPLETED)
+            waits = {scoring, *([gone] if gone is not None else []), *([claim.superseded] if claim is not None else [])}
+            if len(waits) > 1:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 if not scoring.done():
                     scoring.cancel()  # its pairs not yet run are dropped from the model's queue
-                    logger.info("client closed the connection; scoring stopped")
-                    return first_stage(Reason.CLIENT_CLOSED)
+                    # Withdrawn from the model before a newer search of the client is admitted.
+                    await asyncio.wait({scoring})
+                    if gone is not None and gone.done():
+                        logger.info("client closed the connection; scoring stopped")
+                        return first_stage(Reason.CLIENT_CLOSED)
+                    logger.debug("superseded by a newer search of the same client; scoring stopped")
+                    return first_stage(Reason.SUPERSEDED)
             step, scores = await scoring
         except ModelOverloadedError as exc:
             logger.info("%s; answering first-stage order", exc)
@@ -180,6 +206,8 @@ class Scorer:
             timings.rerank_ms = (time.perf_counter() - t0) * 1000
             if gone is not None:
                 gone.cancel()
+            if claim is not None:
+                claim.scored()
         if len(scores) < len(passages):
             reason, window = Reason.PARTIAL, len(scores)
         else:

@@ -20,13 +20,14 @@ from starlette.responses import Response
 from .bodies import dumps, loads_response
 from .config import IndexSettings, Settings
 from .errors import UpstreamBadResponseError
-from .experiments.flow import BM25_REASON, ExperimentFlow, search_target
+from .experiments.flow import BM25_REASON, ExperimentFlow, Trial, search_target
 from .forwarding import ClientRequest, Forwarder
 from .plan import SearchPlan, passthrough_plan, plan_search
 from .rebuild import response_problem
 from .reranker import Reranker
 from .responses import dump_for, marks, rebuilt, relay
 from .scoring import Outcome, Reason, Scorer
+from .supersession import Claim, client_key
 
 __all__ = ["SearchFlow", "read_answer"]
 
@@ -93,6 +94,25 @@ class SearchFlow:
             spec = trial.spec
         planned = body if trial is None else trial.body
         plan = self.plan(spec, planned, params, request)
+        # The client's newest search: its older ones stop first (es_rerank/supersession.py),
+        # so it is never shed on the queue of the searches it replaced.
+        key = self.client_key(request, [body], [spec.pattern]) if plan.rerank and trial is None else None
+        claim = await self.scorer.claim(key)
+        try:
+            return await self._planned(request, spec, body, planned, plan, trial, started, claim)
+        finally:
+            self.scorer.release(claim)
+
+    def client_key(self, request: ClientRequest, bodies: list[Any], indices: list[str]) -> str | None:
+        """Whose search this is, for supersession (None: nobody's newer search)."""
+        headers = {k.lower(): v for k, v in request.headers}
+        return client_key(headers, request.address, bodies, indices, header=self.settings.server.supersede.client_header)
+
+    async def _planned(
+        self, request: ClientRequest, spec: IndexSettings, body: Any, planned: Any, plan: SearchPlan,
+        trial: Trial | None, started: float, claim: Claim | None,
+    ) -> Response:
+        params = request.params
         if plan.rerank and self.scorer.overloaded(plan, spec):
             # No model could score this in time even first in line after the work queued
             # now: OpenSearch's own answer, as cheaply as a skip, but marked a fallback.
@@ -118,7 +138,7 @@ class SearchFlow:
                 headers = [*marks(Outcome.SKIPPED, BM25_REASON), *trial.headers()]
                 return relay(rebuilt(request.header("accept-encoding"), answer.headers, dump_for(reranked, params)), headers)
         else:
-            reranked, scored, timings = await self.scorer.rerank(plan, spec, data, started, upstream_ms, gone)
+            reranked, scored, timings = await self.scorer.rerank(plan, spec, data, started, upstream_ms, gone, claim)
         headers = [
             *(trial.headers() if trial is not None else ()),
             *marks(scored.outcome, scored.reason),
