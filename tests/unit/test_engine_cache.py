@@ -39,10 +39,14 @@ class CountingSession:
 
 
 def _load(model_dir, **kw) -> tuple[OnnxReranker, CountingSession]:
-    reranker = OnnxReranker("tiny", model_dir / "model.onnx", model_dir / "tokenizer.json", **kw)
-    counter = CountingSession(reranker._session)
-    reranker._session = counter
-    return reranker, counter
+    counters: list[CountingSession] = []
+
+    def wrap(session: Any) -> CountingSession:
+        counters.append(CountingSession(session))
+        return counters[-1]
+
+    reranker = OnnxReranker("tiny", model_dir / "model.onnx", model_dir / "tokenizer.json", wrap_session=wrap, **kw)
+    return reranker, counters[0]
 
 
 def test_repeating_a_query_costs_no_model_pass(tiny_model_dir):
