@@ -22,6 +22,7 @@ from .errors import AccessDeniedError, RerankError, error_body
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .reranker import Reranker
 from .responses import json_response
+from .ui import ui_response
 from .upstream import Transport
 
 __all__ = ["Admin"]
@@ -49,6 +50,10 @@ class Admin:
     async def handle(self, request: Request, name: str) -> Response:
         if name == "health" and request.method in ("GET", "HEAD"):
             return await self.health(request)
+        if name == "ui" or name.startswith("ui/"):
+            page = ui_response(request, name[3:])  # the compare page (es_rerank/ui/)
+            if page is not None:
+                return page
         if name == "metrics" and request.method == "GET":
             await self._authorize(request)
             return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -43,6 +43,8 @@ def route(method: str, raw_path: bytes, settings: Settings) -> Route:
     segments = [unquote(s) for s in raw_path.decode("latin-1").split("?", 1)[0].split("/") if s]
     if len(segments) == 2 and segments[0] == "_rerank":
         return Route(RouteKind.OWN, own_path=segments[1])
+    if len(segments) >= 3 and segments[:2] == ["_rerank", "ui"]:  # the compare page's files
+        return Route(RouteKind.OWN, own_path="/".join(segments[1:]))
     if segments == ["_rerank", "ubi", "events"]:  # experiments: UBI events posted by clients
         return Route(RouteKind.OWN, own_path="ubi/events")
     if method not in ("GET", "POST"):
