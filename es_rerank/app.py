@@ -27,6 +27,7 @@ from .experiments.record import Recorder
 from .forwarding import ClientRequest, Forwarder
 from .metrics import Metrics
 from .msearch import MsearchFlow
+from .rerank_api import RerankApi
 from .reranker import OnnxReranker, Reranker
 from .responses import error_response
 from .routing import OPENSEARCH_METHODS, RouteKind, route
@@ -102,6 +103,7 @@ class RerankProxy:
             settings, forwarder=self.forwarder, scorer=self.scorer, rerankers=self.rerankers, experiments=self.experiments
         )
         self.msearch = MsearchFlow(self.search)
+        self.rerank_api = RerankApi(settings, scorer=self.scorer, rerankers=self.rerankers)  # /v1/rerank, /rerank
         self.admin = Admin(
             settings.server.admin,
             upstream=upstream,
@@ -203,6 +205,8 @@ class RerankProxy:
             # Label by the config rule, not the raw index: bounded cardinality.
             request.scope["es_rerank.index"] = where.spec.pattern if where.spec else ""
             return await self.search(client, where.spec)
+        if where.kind is RouteKind.RERANK_API:
+            return await self.rerank_api(client, where.api)
         if where.kind is RouteKind.MSEARCH:
             return await self.msearch(client, where.target)
         return await self.forwarder.passthrough(client)

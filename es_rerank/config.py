@@ -32,6 +32,8 @@ __all__ = [
     "AdminSettings",
     "CorsSettings",
     "SupersedeSettings",
+    "RerankApiSettings",
+    "SharedCacheSettings",
     "load_settings",
     "settings_from_dict",
 ]
@@ -309,6 +311,38 @@ class SupersedeSettings(_Strict):
     )
 
 
+class RerankApiSettings(_Strict):
+    """``POST /v1/rerank`` (Cohere's shape; ``/v2/rerank`` too) and ``POST /rerank`` (TEI's):
+    the engine without an index, for RAG pipelines (es_rerank/rerank_api.py)."""
+
+    enabled: bool = Field(True, description="answer /v1/rerank, /v2/rerank and /rerank (POST); false: pass them to OpenSearch")
+    model: str | None = Field(None, description="the model used when a request names none (default: default_model, or the only one)")
+    aliases: dict[str, str] = Field(
+        default_factory=dict, description="names clients send (e.g. rerank-english-v3.0) -> a model under `models`"
+    )
+    strict_model: bool = Field(
+        False, description="a request naming an unknown model is refused 400; false: it is scored by `model`"
+    )
+    fallback_model: str | None = Field(None, description="a cheaper model scoring the request when `model` cannot in time")
+    max_documents: int = Field(1000, ge=1, description="documents per request at most; past it 400")
+    max_tokens: int | None = Field(None, ge=8, description="tokens per (query, document) pair; default the model's max_length")
+    batch_size: int | None = Field(None, ge=1)
+    api_key: str | None = Field(
+        None, description="when set, requests must send `Authorization: Bearer <api_key>` (or ES_RERANK_RERANK_API_KEY)"
+    )
+
+
+class SharedCacheSettings(_Strict):
+    """A score cache shared by several proxies through Redis (or Valkey), beside each model's own LRU."""
+
+    url: str = Field(description="redis://host:port/db (rediss:// for TLS)")
+    ttl_s: int = Field(86_400, ge=1, description="seconds a score is kept")
+    prefix: str = Field("es-rerank:score:", description="key prefix: one per deployment sharing a Redis")
+    timeout_ms: float = Field(50.0, gt=0, description="a look-up or write slower than this counts as a failure")
+    retry_after_s: float = Field(5.0, gt=0, description="after a failure, Redis is left alone this long (searches go on without it)")
+    max_pending: int = Field(10_000, ge=1, description="scores waiting to be written at most; more are dropped (counted)")
+
+
 class Settings(_Strict):
     upstream: UpstreamSettings = UpstreamSettings()
     server: ServerSettings = ServerSettings()
@@ -317,6 +351,8 @@ class Settings(_Strict):
     default_model: str | None = None
     experiments: list[ExperimentSettings] = Field(default_factory=list)  # es_rerank/experiments/
     ubi: UbiSettings = UbiSettings()
+    rerank_api: RerankApiSettings = RerankApiSettings()
+    shared_cache: SharedCacheSettings | None = None
 
     @model_validator(mode="after")
     def _check_models(self) -> "Settings":
@@ -332,6 +368,19 @@ class Settings(_Strict):
         if self.default_model:
             return self.default_model
         return next(iter(self.models))
+
+    def api_model_for(self, requested: str | None) -> str | None:
+        """The model ``/v1/rerank`` and ``/rerank`` use for a request naming ``requested``
+        (None: an unknown name refused under ``strict_model``)."""
+        api = self.rerank_api
+        if requested:
+            if requested in self.models:
+                return requested
+            if requested in api.aliases:
+                return api.aliases[requested]
+            if api.strict_model:
+                return None
+        return api.model or self.default_model or next(iter(self.models), None)
 
     def index_for(self, target: str) -> IndexSettings | None:
         """The settings that apply to a search target (``a``, ``a,b``, ``logs-*``).
@@ -373,6 +422,14 @@ def _reference_problems(data: Mapping) -> list[str]:
         fallback = spec.get("fallback_model")
         if isinstance(fallback, str) and fallback not in models:
             problems.append(f"index {pattern!r}: fallback_model {fallback!r} is not under models")
+    api = data.get("rerank_api") if isinstance(data.get("rerank_api"), Mapping) else {}
+    for key in ("model", "fallback_model"):
+        if isinstance(api.get(key), str) and api[key] not in models:
+            problems.append(f"rerank_api.{key} {api[key]!r} is not under models")
+    aliases = api.get("aliases") if isinstance(api.get("aliases"), Mapping) else {}
+    for alias, target in aliases.items():
+        if isinstance(target, str) and target not in models:
+            problems.append(f"rerank_api.aliases.{alias}: {target!r} is not under models")
     problems += experiment_problems(data)
     return problems
 
@@ -392,6 +449,9 @@ def _apply_env(data: dict, env: Mapping[str, str]) -> dict:
         server = dict(data.get("server") or {})
         server["admin"] = {"auth": "api_key", **dict(server.get("admin") or {}), "api_key": key}
         data = {**data, "server": server}
+    key = env.get(f"{ENV_PREFIX}RERANK_API_KEY")
+    if key:
+        data = {**data, "rerank_api": {**dict(data.get("rerank_api") or {}), "api_key": key}}
     upstream = dict(data.get("upstream") or {})
     for key in ("url", "username", "password"):
         value = env.get(f"{ENV_PREFIX}UPSTREAM_{key.upper()}")

@@ -26,6 +26,7 @@ class RouteKind(str, enum.Enum):
     SEARCH = "search"
     MSEARCH = "msearch"
     PASSTHROUGH = "passthrough"
+    RERANK_API = "rerank_api"  # /v1/rerank, /v2/rerank (Cohere), /rerank (TEI): es_rerank/rerank_api.py
 
     def __str__(self) -> str:
         return self.value
@@ -37,6 +38,11 @@ class Route:
     spec: IndexSettings | None = None  # SEARCH: the index's settings (None: not configured)
     target: str | None = None  # MSEARCH: the path's index expression, if any
     own_path: str = ""  # OWN: e.g. "health"
+    api: str = ""  # RERANK_API: cohere_v1, cohere_v2 or tei
+
+
+# The rerank API's paths (POST): none is an OpenSearch endpoint for POST.
+_RERANK_API = {("v1", "rerank"): "cohere_v1", ("v2", "rerank"): "cohere_v2", ("rerank",): "tei"}
 
 
 def route(method: str, raw_path: bytes, settings: Settings) -> Route:
@@ -49,6 +55,10 @@ def route(method: str, raw_path: bytes, settings: Settings) -> Route:
         return Route(RouteKind.OWN, own_path="ubi/events")
     if method not in ("GET", "POST"):
         return Route(RouteKind.PASSTHROUGH)
+    if method == "POST" and settings.rerank_api.enabled and settings.models:
+        api = _RERANK_API.get(tuple(segments))
+        if api is not None:
+            return Route(RouteKind.RERANK_API, api=api)
     if segments and segments[-1] == "_search":
         if len(segments) == 2 and not segments[0].startswith("_"):
             return Route(RouteKind.SEARCH, spec=settings.index_for(segments[0]))

@@ -164,18 +164,29 @@ class Scorer:
         if claim is not None and claim.is_superseded:
             return Scored(None, Outcome.FALLBACK, Reason.SUPERSEDED, plan.model, plan.window)
         passages = [hit_text(h, spec.fields, spec.template) for h in window_hits(plan, data)]
+        return await self.score_texts(
+            plan.query, passages, plan.model, spec, timings, client_gone, claim, window=plan.window
+        )
+
+    async def score_texts(
+        self, query: str, passages: list[str], model: str, spec: IndexSettings, timings: RequestTimings,
+        client_gone: Awaitable[None] | None = None, claim: Claim | None = None, *, window: int | None = None,
+    ) -> Scored:
+        """``passages``' scores on ``model`` through ``spec``'s degrade steps under the
+        deadline, or None and why (a search's window, or the rerank API's documents)."""
+        window = len(passages) if window is None else window
         t0 = time.perf_counter()
         timeout = self.server.rerank_timeout
         deadline = t0 + SHED_AT * timeout if self.server.shed_overload else None
         # Without shedding nothing is refused, so the first step is the only one.
-        steps = degrade_steps(spec, plan.model) if deadline is not None else [Step(plan.model, last=True)]
+        steps = degrade_steps(spec, model) if deadline is not None else [Step(model, last=True)]
         scoring = asyncio.ensure_future(
-            asyncio.wait_for(self._steps(steps, plan.query, passages, spec, timings.stats, deadline), timeout=timeout)
+            asyncio.wait_for(self._steps(steps, query, passages, spec, timings.stats, deadline), timeout=timeout)
         )
         gone = asyncio.ensure_future(client_gone) if client_gone is not None else None
 
         def first_stage(reason: Reason) -> Scored:
-            return Scored(None, Outcome.FALLBACK, reason, plan.model, plan.window)
+            return Scored(None, Outcome.FALLBACK, reason, model, window)
 
         if claim is not None:
             claim.scoring()
@@ -200,7 +211,7 @@ class Scorer:
             logger.warning("rerank timed out after %.1fs; answering first-stage order", timeout)
             return first_stage(Reason.RERANK_TIMEOUT)
         except Exception:
-            logger.exception("reranker %s failed; answering first-stage order", plan.model)
+            logger.exception("reranker %s failed; answering first-stage order", model)
             return first_stage(Reason.RERANK_ERROR)
         finally:
             timings.rerank_ms = (time.perf_counter() - t0) * 1000
@@ -211,8 +222,7 @@ class Scorer:
         if len(scores) < len(passages):
             reason, window = Reason.PARTIAL, len(scores)
         else:
-            reason = Reason.RERANKED if step.model == plan.model else Reason.FALLBACK_MODEL
-            window = plan.window
+            reason = Reason.RERANKED if step.model == model else Reason.FALLBACK_MODEL
         return Scored(scores, Outcome.RERANKED, reason, step.model, window)
 
     async def _steps(
