@@ -78,110 +78,6 @@ def test_jobs_get_their_own_scores_in_their_own_order():
         batcher.close(ModelError("closed"))
 
 
-def test_a_lone_caller_is_not_held():
-    model = FakeModel()
-    batcher = Batcher(model, max_tokens=8192, wait_s=1.0, pad_multiple=8, name="t")  # nobody incoming
-    try:
-        job = make_job([[1, 2, 3]])
-        t0 = time.perf_counter()
-        batcher.submit(job).result(5)
-        assert time.perf_counter() - t0 < 0.5
-        assert job.stats.hold_ms < 100
-    finally:
-        batcher.close(ModelError("closed"))
-
-
-def test_the_hold_is_bounded_by_the_wait():
-    model = FakeModel()
-    # a caller is announced but never arrives: the job must not wait past the bound
-    batcher = Batcher(model, max_tokens=8192, wait_s=0.05, pad_multiple=8, name="t", incoming=lambda: 1)
-    try:
-        job = make_job([[1, 2, 3]])
-        t0 = time.perf_counter()
-        np.testing.assert_array_equal(batcher.submit(job).result(5), [6])
-        waited = time.perf_counter() - t0
-        assert 0.04 <= waited < 1.0
-        assert 40 <= job.stats.hold_ms < 1000
-        # a full budget goes at once, whatever is announced
-        big = make_job([[1] * 64] * 200)
-        t0 = time.perf_counter()
-        batcher.submit(big).result(5)
-        assert big.stats.hold_ms < 40
-    finally:
-        batcher.close(ModelError("closed"))
-
-
-def test_cancelled_jobs_are_dropped():
-    model = FakeModel(delay=0.05)
-    batcher = Batcher(model, max_tokens=64, wait_s=0.0, pad_multiple=8, name="t")
-    try:
-        first = make_job([[1] * 8] * 4, batch_size=1)  # four one-row runs
-        f1 = batcher.submit(first)
-        second = make_job([[2] * 8] * 10, batch_size=1)
-        f2 = batcher.submit(second)
-        assert f2.cancel()
-        f1.result(5)
-        time.sleep(0.2)
-        assert len(model.runs) == 4  # none of the cancelled job's ten pairs ran
-    finally:
-        batcher.close(ModelError("closed"))
-
-
-def test_an_error_reaches_the_callers_of_that_run_only():
-    model = FakeModel()
-    incoming = [1]
-    batcher = Batcher(model, max_tokens=8192, wait_s=0.5, pad_multiple=8, name="t", incoming=lambda: incoming[0])
-    try:
-        model.fail_next = True
-        a, b = make_job([[1]]), make_job([[2]])
-        fa, fb = batcher.submit(a), batcher.submit(b)
-        incoming[0] = 0
-        batcher.poke()
-        for f in (fa, fb):
-            with pytest.raises(ModelError, match="boom"):
-                f.result(5)
-        np.testing.assert_array_equal(batcher.submit(make_job([[5, 5]])).result(5), [10])
-    finally:
-        batcher.close(ModelError("closed"))
-
-
-def test_close_fails_pending_jobs():
-    model = FakeModel(delay=0.2)
-    batcher = Batcher(model, max_tokens=8, wait_s=0.0, pad_multiple=8, name="t")
-    running = batcher.submit(make_job([[1]]))
-    time.sleep(0.05)
-    pending = batcher.submit(make_job([[2]]))
-    batcher.close(ModelError("closed"))
-    with pytest.raises(ModelError, match="closed"):
-        pending.result(5)
-    running.result(5)
-    with pytest.raises(RuntimeError):
-        batcher.submit(make_job([[3]]))
-
-
-def test_a_job_that_would_miss_its_deadline_is_refused_not_queued():
-    model = FakeModel(delay=0.02)  # 20 ms a run of 4 rows x 16 tokens: about 0.3 ms a token
-    batcher = Batcher(model, max_tokens=64, wait_s=0.0, pad_multiple=8, name="t")
-    try:
-        first = [[1] * 16] * 8
-        assert batcher.seconds_per_token is None
-        batcher.submit(make_job(first), deadline=time.perf_counter() + 0.001).result(5)  # no rate yet: taken
-        assert batcher.seconds_per_token is not None and batcher.seconds_per_token > 0.02 / 64 / 2
-        big = [[2] * 16] * 40  # 10 full runs, about 0.2 s
-        queued = batcher.submit(make_job(big))
-        t0 = time.perf_counter()
-        with pytest.raises(Overloaded) as refused:
-            batcher.submit(make_job([[3] * 16]), deadline=time.perf_counter() + 0.05)
-        assert time.perf_counter() - t0 < 0.05  # refused at once, not after the deadline
-        assert refused.value.wait_s > 0.05 and batcher.refused == 1
-        late = batcher.submit(make_job([[4] * 16]), deadline=time.perf_counter() + 30)  # time enough: queued
-        np.testing.assert_array_equal(queued.result(5), expected(big))  # nothing lost
-        np.testing.assert_array_equal(late.result(5), expected([[4] * 16]))
-        assert sum(rows for rows, _ in model.runs) == 8 + 40 + 1  # the refused job never ran
-    finally:
-        batcher.close(ModelError("closed"))
-
-
 class FakeClock:
     """Time that moves only when the fake model says a run took so long."""
 
@@ -216,6 +112,114 @@ def timed_batcher(per_token: float, max_tokens: int = 256):
     clock = FakeClock()
     model = TimedModel(clock, per_token)
     return Batcher(model, max_tokens=max_tokens, wait_s=0.0, pad_multiple=8, name="t", clock=clock), model, clock
+
+
+def test_a_lone_caller_is_not_held():
+    model = FakeModel()
+    batcher = Batcher(model, max_tokens=8192, wait_s=60.0, pad_multiple=8, name="t")  # nobody incoming
+    try:
+        job = make_job([[1, 2, 3]])
+        batcher.submit(job).result(30)  # held for the minute's wait, it would time out here
+        assert job.stats.hold_ms < 60_000
+    finally:
+        batcher.close(ModelError("closed"))
+
+
+def test_the_hold_is_bounded_by_the_wait():
+    model = FakeModel()
+    # a caller is announced but never arrives: the job must not wait past the bound
+    batcher = Batcher(model, max_tokens=8192, wait_s=0.05, pad_multiple=8, name="t", incoming=lambda: 1)
+    try:
+        job = make_job([[1, 2, 3]])
+        np.testing.assert_array_equal(batcher.submit(job).result(30), [6])
+        assert job.stats.hold_ms >= 40  # it did wait for the announced caller, and then went
+    finally:
+        batcher.close(ModelError("closed"))
+    # a full budget goes at once, whatever is announced: with a minute's wait its first run still starts
+    timed = TimedModel(FakeClock(), 0.0)
+    batcher = Batcher(timed, max_tokens=8192, wait_s=60.0, pad_multiple=8, name="t", incoming=lambda: 1)
+    try:
+        big = make_job([[1] * 64] * 200)
+        batcher.submit(big)
+        assert timed.started.wait(30)
+        assert big.stats.hold_ms < 60_000
+    finally:
+        batcher.close(ModelError("closed"))
+
+
+def test_cancelled_jobs_are_dropped():
+    batcher, model, _ = timed_batcher(per_token=0.0, max_tokens=64)
+    try:
+        model.gate = threading.Event()
+        first = make_job([[1] * 8] * 4, batch_size=1)  # four one-row runs
+        f1 = batcher.submit(first)
+        assert model.started.wait(10)  # its first run is held
+        second = make_job([[2] * 8] * 10, batch_size=1)
+        f2 = batcher.submit(second)
+        assert f2.cancel()
+        model.gate.set()
+        f1.result(10)
+        batcher.submit(make_job([[3] * 8])).result(10)  # behind the cancelled job: it is gone by now
+        assert len(model.runs) == 4 + 1  # none of the cancelled job's ten pairs ran
+    finally:
+        batcher.close(ModelError("closed"))
+
+
+def test_an_error_reaches_the_callers_of_that_run_only():
+    model = FakeModel()
+    incoming = [1]
+    batcher = Batcher(model, max_tokens=8192, wait_s=0.5, pad_multiple=8, name="t", incoming=lambda: incoming[0])
+    try:
+        model.fail_next = True
+        a, b = make_job([[1]]), make_job([[2]])
+        fa, fb = batcher.submit(a), batcher.submit(b)
+        incoming[0] = 0
+        batcher.poke()
+        for f in (fa, fb):
+            with pytest.raises(ModelError, match="boom"):
+                f.result(5)
+        np.testing.assert_array_equal(batcher.submit(make_job([[5, 5]])).result(5), [10])
+    finally:
+        batcher.close(ModelError("closed"))
+
+
+def test_close_fails_pending_jobs():
+    batcher, model, _ = timed_batcher(per_token=0.0, max_tokens=8)
+    model.gate = threading.Event()
+    running = batcher.submit(make_job([[1]]))
+    assert model.started.wait(10)
+    pending = batcher.submit(make_job([[2]]))
+    batcher.close(ModelError("closed"))
+    model.gate.set()
+    with pytest.raises(ModelError, match="closed"):
+        pending.result(5)
+    running.result(5)
+    with pytest.raises(RuntimeError):
+        batcher.submit(make_job([[3]]))
+
+
+def test_a_job_that_would_miss_its_deadline_is_refused_not_queued():
+    batcher, model, clock = timed_batcher(per_token=1e-3, max_tokens=64)  # 1 ms a token, on the fake clock
+    try:
+        first = [[1] * 16] * 8
+        assert batcher.seconds_per_token is None
+        batcher.submit(make_job(first), deadline=clock() + 0.001).result(5)  # no rate yet: taken
+        assert batcher.seconds_per_token == pytest.approx(1e-3)
+        model.gate = threading.Event()
+        model.started.clear()
+        big = [[2] * 16] * 40  # 10 full runs, 0.64 s
+        queued = batcher.submit(make_job(big))
+        assert model.started.wait(10)
+        with pytest.raises(Overloaded) as refused:
+            batcher.submit(make_job([[3] * 16]), deadline=clock() + 0.05)
+        assert refused.value.wait_s > 0.05 and batcher.refused == 1
+        late = batcher.submit(make_job([[4] * 16]), deadline=clock() + 30)  # time enough: queued
+        model.gate.set()
+        np.testing.assert_array_equal(queued.result(5), expected(big))  # nothing lost
+        np.testing.assert_array_equal(late.result(5), expected([[4] * 16]))
+        assert sum(model.runs) == 16 * (8 + 40 + 1)  # the refused job never ran
+    finally:
+        batcher.close(ModelError("closed"))
 
 
 SEARCH = [[1] * 64] * 4  # 256 tokens: one full run at max_tokens 256
