@@ -98,7 +98,7 @@ fi
 
 say "es-rerank bench on CUDA: fp32 and fp16"
 # shellcheck disable=SC2086
-"$PY" -m es_rerank.bench \
+"$PY" -m es_rerank.cli bench \
   --model "$WORK" --onnx-file model.onnx --onnx-file model.fp16.onnx \
   --corpus "$CORPUS" "${FIRST_STAGE[@]}" \
   --provider cuda --ks 10,20,50,100 --concurrency 1,4,16 \

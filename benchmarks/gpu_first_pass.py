@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from es_rerank.bench import load_bench_data
+from es_rerank.tools.bench import load_bench_data
 from es_rerank.reranker import OnnxReranker, ScoreStats
 from es_rerank.reranker._onnx import cuda_warmup_batches, import_onnxruntime
 from es_rerank.reranker.optimize import CPU_DISABLED_OPTIMIZERS

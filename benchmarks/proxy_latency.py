@@ -55,7 +55,7 @@ def ensure_index(opensearch_url: str, index: str) -> None:
     if httpx.head(f"{opensearch_url}/{index}", timeout=30).status_code != 200:
         from opensearchpy import OpenSearch
 
-        from es_rerank.indexing import index_corpus, load_mapping
+        from es_rerank.tools.indexing import index_corpus, load_mapping
 
         corpus, mapping = ROOT / "demo" / "scifact" / "corpus.jsonl.gz", load_mapping(ROOT / "mappings" / "scifact.json")
         index_corpus(OpenSearch(opensearch_url, timeout=120), index, corpus, mapping=mapping)

@@ -14,7 +14,6 @@ from .errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from .localnode import LocalOpenSearch, NodeStatus
 from .reranker import OnnxReranker, Reranker
 from .upstream import Upstream
 
@@ -26,11 +25,9 @@ __all__ = [
     "ConfigError",
     "IndexSettings",
     "LocalNodeError",
-    "LocalOpenSearch",
     "ModelError",
     "ModelOverloadedError",
     "ModelSettings",
-    "NodeStatus",
     "OnnxReranker",
     "RerankError",
     "RerankProxy",

@@ -32,7 +32,7 @@ def opensearch_url():
     if url:
         yield url.rstrip("/")
         return
-    from es_rerank.localnode import LocalOpenSearch
+    from es_rerank.tools.localnode import LocalOpenSearch
 
     node = LocalOpenSearch(port=free_port())
     status = node.start()
@@ -52,7 +52,7 @@ def elasticsearch_url(tmp_path_factory):
         return
     import shutil
 
-    from es_rerank.localnode import LocalOpenSearch
+    from es_rerank.tools.localnode import LocalOpenSearch
 
     node = LocalOpenSearch(
         distribution="elasticsearch", port=free_port(), transport_port=free_port(), data_dir=tmp_path_factory.mktemp("es")

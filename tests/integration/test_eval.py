@@ -19,7 +19,8 @@ from opensearchpy import OpenSearch
 from opensearchpy.helpers import bulk
 
 from es_rerank import create_app, load_settings
-from es_rerank.evaluation import default_first_stage_query, eval_command, first_stage_body, rank_metrics
+from es_rerank.cli.eval import eval_command
+from es_rerank.tools.evaluation import default_first_stage_query, first_stage_body, rank_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -246,7 +247,7 @@ class _EveryOtherFallsBack:
 def test_fallbacks_reported_apart_from_latency(beir, config):
     import asyncio
 
-    from es_rerank.evaluation import evaluate_async, format_table, load_beir
+    from es_rerank.tools.evaluation import evaluate_async, format_table, load_beir
 
     settings = load_settings(config)
     proxy = create_app(settings)

@@ -16,9 +16,9 @@ from typing import Iterator
 import httpx
 import pytest
 
-from es_rerank import localnode
+from es_rerank.tools import localnode
 from es_rerank.errors import LocalNodeError
-from es_rerank.localnode import DEFAULT_VERSION, LocalOpenSearch, find_java, java_range
+from es_rerank.tools.localnode import DEFAULT_VERSION, LocalOpenSearch, find_java, java_range
 
 needs_mvn = pytest.mark.skipif(shutil.which("mvn") is None, reason="needs Maven (mvn)")
 
@@ -104,9 +104,7 @@ def test_start_status_restart_stop(make_node) -> None:
 
     # A second start, even from another instance, finds the running node.
     again = LocalOpenSearch(port=node.port, data_dir=node.data_dir)
-    began = time.monotonic()
-    assert again.start().pid == pid
-    assert time.monotonic() - began < 5
+    assert again.start().pid == pid  # the same process: nothing launched
 
     # The cached distribution is reused: no Maven call.
     assert again.fetch() == status.home

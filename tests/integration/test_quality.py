@@ -10,7 +10,7 @@ import pytest
 from opensearchpy import OpenSearch
 
 from es_rerank import create_app, settings_from_dict
-from es_rerank.indexing import index_corpus, load_mapping
+from es_rerank.tools.indexing import index_corpus, load_mapping
 
 pytestmark = [pytest.mark.integration, pytest.mark.quality]
 

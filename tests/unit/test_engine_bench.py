@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from es_rerank.bench import (
+from es_rerank.cli.bench import bench
+from es_rerank.tools.bench import (
     BenchError,
     ModelShape,
-    bench,
     format_report,
     load_bench_data,
     load_run,
@@ -118,7 +118,7 @@ def test_a_whole_run_on_the_tiny_model(beir, model_dir):
     report = format_report(result)
     assert "Throughput" in report and "Latency" in report and "Quality" in report
     pytest.importorskip("matplotlib")
-    from es_rerank.bench import plot_bench
+    from es_rerank.tools.bench import plot_bench
 
     assert plot_bench(result, model_dir / "bench.png").stat().st_size > 0
 

@@ -191,7 +191,7 @@ def test_the_real_model_fuses_fully_and_scores_alike(tmp_path):
 def test_model_quantize_and_quantize_int8_write_the_same_file(tmp_path):
     """`es-rerank model quantize DIR` (its defaults, the recipe) fuses this export's attention
     as the engine does at load: byte for byte what quantize_int8 writes."""
-    from es_rerank.modeltools import quantize_model
+    from es_rerank.tools.models import quantize_model
 
     work = tmp_path / "model"
     work.mkdir()

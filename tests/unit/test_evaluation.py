@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 from es_rerank.errors import RerankError
-from es_rerank.evaluation import (
+from es_rerank.cli.eval import eval_command
+from es_rerank.tools.evaluation import (
     EvalResult,
     EvaluationError,
     KResult,
     default_first_stage_query,
-    eval_command,
     first_stage_body,
     format_table,
     load_beir,

@@ -21,17 +21,15 @@ import pytest
 from click.testing import CliRunner
 
 from es_rerank.errors import ModelError
-from es_rerank.modeltools import (
+from es_rerank.cli.model import model
+from es_rerank.tools.models import (
     CHECK_PAIRS,
-    _activation,
-    _head,
-    _max_length,
     check_model,
     export_model,
-    model,
     optimize_model,
     quantize_model,
 )
+from es_rerank.tools.models._common import _activation, _head, _max_length
 from es_rerank.reranker import OnnxReranker
 from es_rerank.reranker.modeldir import (
     MODEL_CONFIG_FILE,
@@ -431,7 +429,7 @@ def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     base["PYTHONPATH"] = str(ROOT) + os.pathsep + base.get("PYTHONPATH", "")
     return subprocess.run(
-        [sys.executable, "-m", "es_rerank.modeltools", *args],
+        [sys.executable, "-m", "es_rerank.cli", "--log-level", "warning", "model", *args],
         cwd=ROOT, env={**base, **env}, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 
@@ -492,7 +490,7 @@ def test_check_reports_provider_latency_and_reference(tiny_dir):
 
 def test_check_times_distinct_pairs_without_caches(tiny_dir, monkeypatch):
     # Timed runs that repeat the warm-up's pairs hit the score cache: 147,954 "pairs/s" on 2 cores.
-    import es_rerank.modeltools as modeltools
+    import es_rerank.tools.models.check as modeltools
 
     seen: list[tuple[tuple[str, str], ...]] = []
     real = modeltools._score_pairs

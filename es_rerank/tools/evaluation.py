@@ -21,8 +21,7 @@ answer that fell back to first-stage order (timeout, overload, model error) cost
 what its deadline says, not what scoring costs, so it is counted apart, by
 ``x-rerank`` / ``x-rerank-reason``. NDCG and the other quality figures take every
 answer as the client got it. Metrics come from ir-measures (trec_eval's code
-through pytrec_eval), not from hand-written maths.
-"""
+through pytrec_eval), not from hand-written maths."""
 
 from __future__ import annotations
 
@@ -37,14 +36,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 from urllib.parse import quote
 
-import click
 import httpx
 
-from .config import IndexSettings, Settings
-from .errors import RerankError
+from ..config import IndexSettings, Settings
+from ..errors import RerankError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .app import RerankProxy
+    from ..app import RerankProxy
+
 
 __all__ = [
     "EvaluationError",
@@ -69,11 +68,22 @@ __all__ = [
     "eval_command",
 ]
 
+
 QUERY_PLACEHOLDER = "{{query_text}}"
+
+
 PAGE = 10  # the reranked page: NDCG@10, MRR@10, Recall@10 are read from it
+
+
 DEFAULT_KS = (10, 20, 50, 100)
+
+
 PLOT_FILE = "ndcg_latency.png"
+
+
 RESULTS_FILE = "results.json"
+
+
 TABLE_FILE = "table.txt"
 
 
@@ -82,9 +92,6 @@ class EvaluationError(RerankError):
 
     status = 400
     type = "rerank_evaluation_exception"
-
-
-# -- data ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -201,9 +208,6 @@ def parse_ks(text: str | Iterable[int]) -> list[int]:
     return sorted(ks)
 
 
-# -- the first-stage query -----------------------------------------------------
-
-
 def default_first_stage_query(fields: Sequence[str] = ("title", "text")) -> dict[str, Any]:
     """The BEIR paper's Elasticsearch BM25 baseline as a query template."""
     return {
@@ -252,9 +256,6 @@ def first_stage_body(template: Mapping[str, Any], text: str, *, size: int) -> di
     return body
 
 
-# -- metrics -------------------------------------------------------------------
-
-
 def _measures(recall_at: int):
     import ir_measures
     from ir_measures import RR, R, nDCG
@@ -284,9 +285,6 @@ def rank_metrics(
     n = max(len(per_query), 1)
     means = {name: sum(q[name] for q in per_query.values()) / n for name in named}
     return means, per_query
-
-
-# -- results -------------------------------------------------------------------
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -497,9 +495,6 @@ def write_outputs(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
-# -- running it ----------------------------------------------------------------
-
-
 def _hits(response: httpx.Response, where: str) -> list[str]:
     if response.status_code != 200:
         reason = response.text[:300]
@@ -581,7 +576,7 @@ async def evaluate_async(
     own_app = None
     if settings is not None:
         if app is None:
-            from .app import create_app
+            from ..app import create_app
 
             try:
                 own_app = app = create_app(without_caches(settings))
@@ -746,72 +741,3 @@ def evaluate(data: EvalData, **options: Any) -> EvalResult:
     ``upstream_url``. ``first_stage_query`` overrides the index's template.
     """
     return asyncio.run(evaluate_async(data, **options))
-
-
-# -- the command ---------------------------------------------------------------
-
-
-def _fail(exc: RerankError) -> None:
-    from .cli import _fail as fail
-
-    fail(exc)
-
-
-@click.command("eval")
-@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False, path_type=Path), help="YAML config: evaluate in-process, through the same code the server runs")
-@click.option("--proxy", "proxy_url", default=None, metavar="URL", help="URL of a running es-rerank (black-box; needs --upstream)")
-@click.option("--upstream", "upstream_url", default=None, metavar="URL", help="OpenSearch URL for the first stage [default with --config: upstream.url]")
-@click.option("--index", "index", required=True, metavar="NAME", help="index name")
-@click.option("--queries", "queries_file", required=True, type=click.Path(dir_okay=False, path_type=Path), help="BEIR queries.jsonl")
-@click.option("--qrels", "qrels_file", required=True, type=click.Path(dir_okay=False, path_type=Path), help="BEIR qrels .tsv (with header)")
-@click.option("--k", "ks", default="10,20,50,100", metavar="K,...", help="window sizes K to evaluate, comma-separated")
-@click.option("--out", "out_dir", default="out/eval", type=click.Path(file_okay=False, path_type=Path), help="folder for results.json, table.txt and the plot")
-@click.option("--fields", default="title,text", metavar="FIELD,...", help="fields of the default first-stage query (black-box mode; with --config: the index's fields)")
-@click.option("--rerank-timeout", default=None, type=float, metavar="SECONDS", help="override server.rerank_timeout (in-process) so a slow CPU is measured, not cut off")
-@click.option("--progress/--no-progress", default=True, help="a progress bar per K on stderr")
-def eval_command(
-    config_file: Path | None,
-    proxy_url: str | None,
-    upstream_url: str | None,
-    index: str,
-    queries_file: Path,
-    qrels_file: Path,
-    ks: str,
-    out_dir: Path,
-    fields: str,
-    rerank_timeout: float | None,
-    progress: bool,
-) -> None:
-    """Measure NDCG@10, MRR@10, Recall and the rerank stage's latency for each K on BEIR data."""
-    from .config import check_model_files, load_settings
-    from .errors import ConfigError
-
-    try:
-        if (config_file is None) == (proxy_url is None):
-            raise EvaluationError("give either --config FILE (in-process) or --proxy URL with --upstream URL (black-box)")
-        if proxy_url is not None and not upstream_url:
-            raise EvaluationError("--proxy needs --upstream URL: the first stage is sent to OpenSearch directly")
-        k_list = parse_ks(ks)
-        data = load_beir(queries_file, qrels_file)
-        options: dict[str, Any] = {"index": index, "ks": k_list, "progress": progress}
-        if config_file is not None:
-            settings = load_settings(config_file)
-            problems = check_model_files(settings)
-            if problems:
-                raise ConfigError("invalid configuration", problems)
-            if rerank_timeout is not None:
-                server = settings.server.model_copy(update={"rerank_timeout": rerank_timeout})
-                settings = settings.model_copy(update={"server": server})
-            options.update(settings=settings, upstream_url=upstream_url, target_name=str(config_file))
-        else:
-            names = [f.strip() for f in fields.split(",") if f.strip()]
-            options.update(proxy_url=proxy_url, upstream_url=upstream_url, fields=names)
-        if data.unjudged:
-            click.echo(f"note: {data.unjudged} queries without judgements skipped", err=True)
-        result = evaluate(data, **options)
-        paths = write_outputs(result, out_dir)
-    except RerankError as exc:
-        _fail(exc)
-        return
-    click.echo(format_table(result))
-    click.echo(f"\nwrote {paths['results']}, {paths['table']} and {paths['plot']}")

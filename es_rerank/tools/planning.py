@@ -8,8 +8,7 @@ in flight at once, score and token caches off. A cell's latency is the rerank
 stage's (``x-rerank-inference-ms``) over its reranked answers; a cell with any
 answer not reranked (timeout, overload) is not counted as within the budget,
 whatever its p95 says. The Pareto frontier is the cells no other cell beats on
-both NDCG@10 and p95.
-"""
+both NDCG@10 and p95."""
 
 from __future__ import annotations
 
@@ -21,11 +20,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import click
-
-from .config import IndexSettings, Settings
-from .errors import RerankError
-from .evaluation import DEFAULT_KS, EvalData, EvaluationError, evaluate_async, load_beir, parse_ks, without_caches
+from ..config import IndexSettings, Settings
+from ..errors import RerankError
+from .evaluation import DEFAULT_KS, EvalData, EvaluationError, evaluate_async, parse_ks, without_caches
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -43,10 +40,19 @@ __all__ = [
     "plan_command",
 ]
 
+
 DEFAULT_MAX_TOKENS = (128, 192, 256)
+
+
 PLOT_FILE = "plan.png"
+
+
 RESULTS_FILE = "plan.json"
+
+
 TABLE_FILE = "table.txt"
+
+
 CONFIG_FILE = "config.yaml"
 
 
@@ -101,9 +107,6 @@ class PlanResult:
 
 def _key(cell: PlanCell) -> dict[str, Any]:
     return {"model": cell.model, "max_tokens": cell.max_tokens, "k": cell.k}
-
-
-# -- choosing ------------------------------------------------------------------
 
 
 def pareto_frontier(cells: Sequence[PlanCell]) -> list[PlanCell]:
@@ -166,9 +169,6 @@ def config_block(result: PlanResult) -> str:
     return "\n".join(head) + "\n" + body.rstrip("\n")
 
 
-# -- running it ----------------------------------------------------------------
-
-
 def limit_queries(data: EvalData, limit: int | None) -> EvalData:
     """The first ``limit`` judged queries (in file order) and their judgements."""
     if limit is None or limit >= len(data.queries):
@@ -209,7 +209,7 @@ async def plan_async(
 
     from tqdm import tqdm
 
-    from .app import create_app, load_rerankers
+    from ..app import create_app, load_rerankers
 
     ks = parse_ks(ks)
     token_grid = parse_ks(max_tokens)
@@ -299,9 +299,6 @@ def plan(data: EvalData, **options: Any) -> PlanResult:
     three times the budget, at least a second).
     """
     return asyncio.run(plan_async(data, **options))
-
-
-# -- reporting -----------------------------------------------------------------
 
 
 def _fmt(value: float, digits: int) -> str:
@@ -399,56 +396,3 @@ def write_plan_outputs(result: PlanResult, out_dir: str | Path) -> dict[str, Pat
         raise EvaluationError(f"cannot write to {out}: {exc.strerror}") from None
     plot_plan(result, paths["plot"])
     return paths
-
-
-# -- the command ---------------------------------------------------------------
-
-
-@click.command("plan")
-@click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False, path_type=Path), help="YAML config: upstream, the index's rule, the models")
-@click.option("--index", "index", required=True, metavar="NAME", help="index name")
-@click.option("--queries", "queries_file", required=True, type=click.Path(dir_okay=False, path_type=Path), help="BEIR queries.jsonl")
-@click.option("--qrels", "qrels_file", required=True, type=click.Path(dir_okay=False, path_type=Path), help="BEIR qrels .tsv (with header)")
-@click.option("--p95-ms", "budget", required=True, type=click.FloatRange(min=0, min_open=True), help="budget: the rerank stage's p95 in ms")
-@click.option("--concurrency", default=1, type=click.IntRange(min=1), help="searches in flight at once")
-@click.option("--k", "ks", default="10,20,50,100", metavar="K,...", help="window sizes K")
-@click.option("--max-tokens", "max_tokens", default="128,192,256", metavar="N,...", help="max_tokens (tokens per query-passage pair)")
-@click.option("--model", "models", multiple=True, metavar="NAME", help="a configured model to try (repeatable) [default: every model of the config]")
-@click.option("--limit", default=None, type=click.IntRange(min=1), help="only the first N judged queries")
-@click.option("--rerank-timeout", default=None, type=float, metavar="SECONDS", help="cut a search's scoring off here [default: 3 x the budget, at least 1 s]")
-@click.option("--out", "out_dir", default="out/plan", type=click.Path(file_okay=False, path_type=Path), help="folder for plan.json, table.txt, plan.png and config.yaml")
-@click.option("--progress/--no-progress", default=True, help="a progress bar on stderr")
-def plan_command(config_file: Path, index: str, queries_file: Path, qrels_file: Path, budget: float, concurrency: int,
-                 ks: str, max_tokens: str, models: tuple[str, ...], limit: int | None, rerank_timeout: float | None,
-                 out_dir: Path, progress: bool) -> None:
-    """Find the K, max_tokens and model with the best NDCG@10 within a p95 budget, on this machine."""
-    from .cli import _fail
-    from .config import check_model_files, load_settings
-    from .errors import ConfigError
-
-    try:
-        settings = load_settings(config_file)
-        problems = check_model_files(settings)
-        if problems:
-            raise ConfigError("invalid configuration", problems)
-        data = limit_queries(load_beir(queries_file, qrels_file), limit)
-        result = plan(
-            data, settings=settings, index=index, budget_p95_ms=budget, ks=parse_ks(ks), max_tokens=parse_ks(max_tokens),
-            models=list(models) or None, concurrency=concurrency, rerank_timeout=rerank_timeout, progress=progress,
-            echo=lambda line: click.echo(line, err=True),
-        )
-        paths = write_plan_outputs(result, out_dir)
-    except RerankError as exc:
-        _fail(exc)
-        return
-    click.echo(format_plan_table(result))
-    files = ", ".join(str(p) for p in paths.values())
-    if result.best is None:
-        fastest = min((c for c in result.cells if not math.isnan(c.p95_ms)), key=lambda c: c.p95_ms, default=None)
-        click.echo(f"\nno configuration meets p95 <= {budget:g} ms"
-                   + (f"; the fastest: model {fastest.model}, K = {fastest.k}, max_tokens {fastest.max_tokens}, "
-                      f"p95 {fastest.p95_ms:.0f} ms" if fastest else ""))
-        click.echo(f"wrote {files}")
-        sys.exit(3)
-    click.echo("\n" + config_block(result))
-    click.echo(f"\nwrote {files}")

@@ -21,8 +21,7 @@ Three measurements, printed as tables (and a plot with ``--plot``):
 3. **Quality** (``--quality``): NDCG@10 of the first stage and of each variant's
    reranking over every judged query, and each variant's difference to the first.
 
-The score cache is off here (every call runs the model).
-"""
+The score cache is off here (every call runs the model)."""
 
 from __future__ import annotations
 
@@ -32,7 +31,6 @@ import json
 import math
 import os
 import shutil
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -42,8 +40,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import click
 import numpy as np
 
-from .errors import RerankError
-from .reranker import OnnxReranker, ScoreStats, physical_cores
+from ..errors import RerankError
+from ..reranker import OnnxReranker, ScoreStats, physical_cores
 
 __all__ = [
     "BenchError",
@@ -67,7 +65,10 @@ __all__ = [
     "bench",
 ]
 
+
 DEFAULT_KS = (10, 20, 50, 100)
+
+
 DEFAULT_CONCURRENCY = (1, 4, 16)
 
 
@@ -75,9 +76,6 @@ class BenchError(RerankError):
     """The benchmark cannot run: missing data, a bad run file, a missing peer library."""
 
     type = "rerank_bench_exception"
-
-
-# -- data ------------------------------------------------------------------------------
 
 
 @dataclass
@@ -223,9 +221,6 @@ def load_bench_data(
     return BenchData(queries=queries, candidates=candidates, passages=passages, qrels=qrels)
 
 
-# -- FLOPs -----------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class ModelShape:
     """What a BERT-like encoder's FLOPs depend on."""
@@ -286,8 +281,6 @@ def numpy_matmul(n: int = 2048, repeats: int = 1) -> tuple[float, float]:
         best = min(best, time.perf_counter() - t0)
     return 2.0 * n**3, best
 
-
-# -- contenders ------------------------------------------------------------------------
 
 ScoreFn = Callable[[str, list[str]], Any]
 
@@ -364,9 +357,6 @@ def _peer_contenders(hf_dir: Path, threads: int, max_length: int, batch_size: in
     return contenders
 
 
-# -- results ---------------------------------------------------------------------------
-
-
 @dataclass
 class ThroughputResult:
     label: str
@@ -440,9 +430,6 @@ class BenchResult:
 
 def _pct(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else math.nan
-
-
-# -- measurements ----------------------------------------------------------------------
 
 
 def _throughput(
@@ -700,9 +687,6 @@ def run_bench(
             engine.close()
 
 
-# -- output ----------------------------------------------------------------------------
-
-
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
@@ -847,9 +831,6 @@ def plot_bench(result: BenchResult, path: str | Path) -> Path:
     return path
 
 
-# -- command ---------------------------------------------------------------------------
-
-
 def _key_values(items: Sequence[str]) -> dict[str, str]:
     out = {}
     for item in items:
@@ -858,115 +839,3 @@ def _key_values(items: Sequence[str]) -> dict[str, str]:
             raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--cuda-option")
         out[key.strip()] = value.strip()
     return out
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        values = sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
-    if not values or values[0] < 1:
-        raise click.BadParameter(f"expected positive integers, got {text!r}")
-    return values
-
-
-@click.command("bench")
-@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="model directory")
-@click.option("--onnx-file", "onnx_files", multiple=True, default=["model.onnx"], help="ONNX file(s) in the model directory to compare (repeat)")
-@click.option("--tokenizer-file", default="tokenizer.json")
-@click.option("--corpus", "corpus_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="BEIR data set directory")
-@click.option("--split", default="dev", help="queries-<split>.jsonl and qrels/<split>.tsv")
-@click.option("--run", "run_file", type=click.Path(dir_okay=False, path_type=Path), help="saved first stage (JSON or TREC run)")
-@click.option("--opensearch-url", help="search the first stage here instead of --run")
-@click.option("--index", help="index to search")
-@click.option("--save-run", "save_run_file", type=click.Path(dir_okay=False, path_type=Path), help="write the first stage used as a JSON run")
-@click.option("--ks", default="10,20,50,100", help="window sizes K")
-@click.option("--concurrency", default="1,4,16", help="concurrent clients")
-@click.option("--provider", default="cpu", help="ONNX Runtime provider: cpu, cuda or auto")
-@click.option("--threads", default=0, help="intra-op threads for every contender; 0 = physical cores")
-@click.option("--max-length", default=256)
-@click.option("--batch-size", default=32, help="rows per model run at most (and the peers' batch size)")
-@click.option("--max-batch-tokens", type=int, default=None, help="padded tokens per model run [default: 1024 on CPU, 65536 on CUDA]")
-@click.option("--cuda-option", "cuda_option", multiple=True, metavar="KEY=VALUE", help="an ONNX Runtime CUDA provider option (repeat)")
-@click.option("--allow-spinning", is_flag=True, help="let ONNX Runtime's idle threads spin")
-@click.option("--batch-wait-ms", default=2.0, help="the batcher's wait bound")
-@click.option("--throughput-queries", default=20, help="queries in the throughput comparison")
-@click.option("--queries-per-cell", default=32, help="queries per (K, clients) latency cell, over all rounds")
-@click.option("--rounds", default=2, help="latency cells of one K alternate between client counts this many times")
-@click.option("--peers", "with_peers", is_flag=True, help="also time sentence-transformers' CrossEncoder (torch and onnx backends)")
-@click.option("--peer", "peer_names", multiple=True, type=click.Choice(["torch", "onnx"]), help="only these peers (implies --peers)")
-@click.option("--hf-dir", type=click.Path(file_okay=False, path_type=Path), help="Hugging Face checkpoint for the peers [default: MODEL/hf]")
-@click.option("--throughput/--no-throughput", default=True, help="the interleaved throughput comparison")
-@click.option("--latency/--no-latency", default=True, help="the latency/concurrency cells")
-@click.option("--quality", is_flag=True, help="NDCG@10 of each ONNX file over every judged query")
-@click.option("--token-cache-size", default=20_000, show_default=True, help="passages whose tokens the engine keeps; 0 = tokenize every pair")
-@click.option("--matmul-size", default=2048, help="n of the n x n fp32 numpy product timed between calls")
-@click.option("--deadline-ms", type=float, default=None, help="per-query deadline in the latency cells (counted as timeouts)")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="write a PNG plot here")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write all figures as JSON here")
-def bench(
-    model_dir: Path,
-    onnx_files: tuple[str, ...],
-    tokenizer_file: str,
-    corpus_dir: Path,
-    split: str,
-    run_file: Path | None,
-    opensearch_url: str | None,
-    index: str | None,
-    save_run_file: Path | None,
-    ks: str,
-    concurrency: str,
-    provider: str,
-    threads: int,
-    max_length: int,
-    batch_size: int,
-    max_batch_tokens: int | None,
-    cuda_option: tuple[str, ...],
-    allow_spinning: bool,
-    batch_wait_ms: float,
-    throughput_queries: int,
-    queries_per_cell: int,
-    rounds: int,
-    with_peers: bool,
-    peer_names: tuple[str, ...],
-    hf_dir: Path | None,
-    throughput: bool,
-    latency: bool,
-    quality: bool,
-    token_cache_size: int,
-    matmul_size: int,
-    deadline_ms: float | None,
-    plot_path: Path | None,
-    json_path: Path | None,
-) -> None:
-    """Measure the reranker on real pairs: throughput against peers and numpy, latency under concurrency, quality."""
-    k_values, clients = _ints(ks), _ints(concurrency)
-    peers = list(peer_names) or (["torch", "onnx"] if with_peers else [])
-    say = lambda message: click.echo(f"[bench] {message}", err=True)  # noqa: E731
-    try:
-        data = load_bench_data(
-            corpus_dir, split=split, run_file=run_file, opensearch_url=opensearch_url, index=index, k=max(k_values)
-        )
-        if save_run_file:
-            say(f"first stage written to {save_run(data.candidates, save_run_file)}")
-        result = run_bench(
-            model_dir, data, onnx_files=onnx_files, tokenizer_file=tokenizer_file, provider=provider,
-            threads=threads, max_length=max_length, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-            allow_spinning=allow_spinning, cuda_options=_key_values(cuda_option), batch_wait_ms=batch_wait_ms, ks=k_values, concurrency=clients, throughput_queries=throughput_queries,
-            queries_per_cell=queries_per_cell, rounds=rounds, peers=peers, hf_dir=hf_dir, throughput=throughput, latency=latency,
-            quality=quality, token_cache_size=token_cache_size,
-            deadline_s=deadline_ms / 1000 if deadline_ms else None, matmul_n=matmul_size, progress=say,
-        )  # fmt: skip
-    except RerankError as exc:
-        click.echo(f"error: {exc.reason}", err=True)
-        raise SystemExit(1) from None
-    click.echo(format_report(result))
-    if plot_path:
-        click.echo(f"plot: {plot_bench(result, plot_path)}")
-    if json_path:
-        Path(json_path).write_text(json.dumps(result.to_dict(), indent=1, default=str), encoding="utf-8")
-        click.echo(f"figures: {json_path}")
-
-
-if __name__ == "__main__":  # python -m es_rerank.bench ... (without the CLI group)
-    bench()

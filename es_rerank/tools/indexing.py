@@ -26,9 +26,10 @@ from opensearchpy.exceptions import RequestError, TransportError
 from opensearchpy.helpers import streaming_bulk
 from tqdm import tqdm
 
-from .errors import RerankError, UpstreamUnavailableError
+from ..config import UpstreamSettings
+from ..errors import RerankError, UpstreamUnavailableError
 
-__all__ = ["DEFAULT_MAPPING", "iter_corpus", "load_mapping", "index_corpus"]
+__all__ = ["DEFAULT_MAPPING", "iter_corpus", "load_mapping", "index_corpus", "index_into_upstream"]
 
 logger = logging.getLogger(__name__)
 
@@ -272,3 +273,14 @@ def index_corpus(
         )
     logger.info("indexed %d documents from %s into %s", indexed, corpus, index)
     return indexed
+
+
+def index_into_upstream(
+    upstream: UpstreamSettings, index: str, corpus: Path, *, mapping: Path | None = None, recreate: bool = False
+) -> int:
+    """``es-rerank index``: bulk-load ``corpus`` into ``index`` on a config's upstream (its URL and credentials)."""
+    auth = (upstream.username, upstream.password) if upstream.username else None
+    client = opensearchpy.OpenSearch(
+        upstream.url, http_auth=auth, timeout=upstream.timeout, verify_certs=upstream.verify_certs
+    )
+    return index_corpus(client, index, corpus, mapping=load_mapping(mapping) if mapping else None, recreate=recreate)

@@ -45,7 +45,7 @@ from typing import Callable, Iterator, Literal
 
 import httpx
 
-from .errors import LocalNodeError
+from ..errors import LocalNodeError
 
 __all__ = [
     "DEFAULT_VERSION",

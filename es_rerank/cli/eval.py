@@ -1,0 +1,69 @@
+"""``es-rerank eval``: quality and cost of reranking per K on BEIR data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ..errors import RerankError
+
+if TYPE_CHECKING:  # pragma: no cover
+    pass
+from ..tools.evaluation import EvaluationError, evaluate, format_table, load_beir, parse_ks, write_outputs
+from ._common import _fail, load_checked_settings
+
+
+@click.command("eval")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False, path_type=Path), help="YAML config: evaluate in-process, through the same code the server runs")
+@click.option("--proxy", "proxy_url", default=None, metavar="URL", help="URL of a running es-rerank (black-box; needs --upstream)")
+@click.option("--upstream", "upstream_url", default=None, metavar="URL", help="OpenSearch URL for the first stage [default with --config: upstream.url]")
+@click.option("--index", "index", required=True, metavar="NAME", help="index name")
+@click.option("--queries", "queries_file", required=True, type=click.Path(dir_okay=False, path_type=Path), help="BEIR queries.jsonl")
+@click.option("--qrels", "qrels_file", required=True, type=click.Path(dir_okay=False, path_type=Path), help="BEIR qrels .tsv (with header)")
+@click.option("--k", "ks", default="10,20,50,100", metavar="K,...", help="window sizes K to evaluate, comma-separated")
+@click.option("--out", "out_dir", default="out/eval", type=click.Path(file_okay=False, path_type=Path), help="folder for results.json, table.txt and the plot")
+@click.option("--fields", default="title,text", metavar="FIELD,...", help="fields of the default first-stage query (black-box mode; with --config: the index's fields)")
+@click.option("--rerank-timeout", default=None, type=float, metavar="SECONDS", help="override server.rerank_timeout (in-process) so a slow CPU is measured, not cut off")
+@click.option("--progress/--no-progress", default=True, help="a progress bar per K on stderr")
+def eval_command(
+    config_file: Path | None,
+    proxy_url: str | None,
+    upstream_url: str | None,
+    index: str,
+    queries_file: Path,
+    qrels_file: Path,
+    ks: str,
+    out_dir: Path,
+    fields: str,
+    rerank_timeout: float | None,
+    progress: bool,
+) -> None:
+    """Measure NDCG@10, MRR@10, Recall and the rerank stage's latency for each K on BEIR data."""
+    try:
+        if (config_file is None) == (proxy_url is None):
+            raise EvaluationError("give either --config FILE (in-process) or --proxy URL with --upstream URL (black-box)")
+        if proxy_url is not None and not upstream_url:
+            raise EvaluationError("--proxy needs --upstream URL: the first stage is sent to OpenSearch directly")
+        k_list = parse_ks(ks)
+        data = load_beir(queries_file, qrels_file)
+        options: dict[str, Any] = {"index": index, "ks": k_list, "progress": progress}
+        if config_file is not None:
+            settings = load_checked_settings(config_file)
+            if rerank_timeout is not None:
+                server = settings.server.model_copy(update={"rerank_timeout": rerank_timeout})
+                settings = settings.model_copy(update={"server": server})
+            options.update(settings=settings, upstream_url=upstream_url, target_name=str(config_file))
+        else:
+            names = [f.strip() for f in fields.split(",") if f.strip()]
+            options.update(proxy_url=proxy_url, upstream_url=upstream_url, fields=names)
+        if data.unjudged:
+            click.echo(f"note: {data.unjudged} queries without judgements skipped", err=True)
+        result = evaluate(data, **options)
+        paths = write_outputs(result, out_dir)
+    except RerankError as exc:
+        _fail(exc)
+        return
+    click.echo(format_table(result))
+    click.echo(f"\nwrote {paths['results']}, {paths['table']} and {paths['plot']}")

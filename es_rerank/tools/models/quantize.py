@@ -1,0 +1,99 @@
+"""int8 dynamic quantisation for CPU, with the engine's measured recipe (reranker.quantize)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+from ...errors import ModelError
+from ...reranker.quantize import quantize_dynamic_file
+from .optimize import _fuse, _heads_and_hidden, _save
+from ._common import QuantMode, _compare, _import_onnx_tools, _open_model_dir, _record_variant
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    """The file :func:`quantize_model` wrote, its options, size and the scores' drift."""
+
+    model_dir: Path
+    source: Path
+    output: Path
+    options: dict[str, Any]
+    source_bytes: int
+    output_bytes: int
+    max_abs_diff: float
+
+
+def quantize_model(
+    model_dir: Path,
+    *,
+    mode: QuantMode = "dynamic",
+    onnx_file: str | None = None,
+    per_channel: bool = False,
+    reduce_range: bool = False,
+    fusions_first: bool = False,
+    preprocess: bool = False,
+    op_types: Sequence[str] | None = None,
+    weight_type: Literal["qint8", "quint8"] = "qint8",
+    nodes_to_exclude: Sequence[str] | None = None,
+    extra_options: Mapping[str, Any] | None = None,
+    model_type: str = "bert",
+    output: str = "model.int8.onnx",
+) -> QuantizeResult:
+    """int8 quantisation of a model directory's ONNX file for CPU inference.
+
+    ``mode="dynamic"``: ONNX Runtime ``quantize_dynamic`` (int8 weights, activations
+    quantised at run time). ``fusions_first`` applies :func:`optimize_model`'s fusions
+    before quantising (fused Attention becomes QAttention); ``preprocess`` runs ONNX
+    Runtime's ``quant_pre_process`` (symbolic shape inference, graph clean-up) on the
+    input first, as ONNX Runtime's documentation advises. ``op_types`` limits the
+    operator types quantised (ONNX Runtime's default: every one it can, e.g. MatMul,
+    Attention, Gather); ``per_channel``, ``reduce_range``, ``weight_type``,
+    ``nodes_to_exclude`` and ``extra_options`` go to ONNX Runtime as they are. The result
+    is scored against the source on CPU (``max_abs_diff``) and recorded with its options
+    in ``es-rerank-model.json``.
+    """
+    if mode != "dynamic":
+        raise ModelError(f"quantisation mode {mode!r} is not supported (supported: dynamic)")
+    md = _open_model_dir(model_dir, onnx_file)
+    _import_onnx_tools(sympy=fusions_first or preprocess)
+    options: dict[str, Any] = {
+        "mode": mode,
+        "per_channel": per_channel,
+        "reduce_range": reduce_range,
+        "fusions_first": fusions_first,
+        "preprocess": preprocess,
+        "op_types": list(op_types) if op_types else None,
+        "weight_type": weight_type,
+        "nodes_to_exclude": list(nodes_to_exclude) if nodes_to_exclude else None,
+        "extra_options": dict(extra_options) if extra_options else None,
+    }
+    out_path = md.path / output
+    with tempfile.TemporaryDirectory(prefix=".quantize-", dir=md.path) as tmp_name:
+        source = md.onnx
+        if fusions_first:
+            heads, hidden = _heads_and_hidden(md, None, None)
+            fused = _fuse(md.onnx, model_type=model_type, num_heads=heads, hidden_size=hidden, use_gpu=False)
+            source = Path(tmp_name) / "fused.onnx"
+            _save(fused, source)
+        if preprocess:
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            prepared = Path(tmp_name) / "prepared.onnx"
+            try:
+                quant_pre_process(str(source), str(prepared), skip_optimization=fusions_first)
+            except Exception as exc:
+                raise ModelError(f"cannot prepare {source.name} for quantisation: {type(exc).__name__}: {exc}") from None
+            source = prepared
+        tmp_out = Path(tmp_name) / out_path.name
+        quantize_dynamic_file(
+            source, tmp_out, fused=fusions_first, per_channel=per_channel, reduce_range=reduce_range,
+            op_types=op_types, weight_type=weight_type, nodes_to_exclude=nodes_to_exclude, extra_options=dict(extra_options or {}),
+        )  # fmt: skip
+        os.replace(tmp_out, out_path)
+    diff = _compare(md, out_path, md.onnx)
+    _record_variant(md, out_path, {"kind": "int8-" + mode, "from": md.onnx.name, **options})
+    return QuantizeResult(md.path, md.onnx, out_path, options, md.onnx.stat().st_size, out_path.stat().st_size, diff)
