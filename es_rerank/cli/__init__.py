@@ -7,6 +7,7 @@ import logging
 import click
 
 from ._common import CONTEXT
+from .ab import ab
 from .bench import bench
 from .config import check_config_command
 from .demo import demo
@@ -32,5 +33,5 @@ def main(ctx: click.Context, log_level: str) -> None:
     ctx.obj = {"log_level": log_level}
 
 
-for command in (check_config_command, serve, opensearch, index, demo, model, eval_command, bench, plan_command):
+for command in (check_config_command, serve, opensearch, index, demo, model, eval_command, bench, plan_command, ab):
     main.add_command(command)

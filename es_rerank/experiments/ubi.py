@@ -51,7 +51,9 @@ EVENTS_MAPPING: dict[str, Any] = {
         "user_id": _KEYWORD_100,
         "message": {"type": "keyword", "ignore_above": 1024},
         "message_type": _KEYWORD_100,
-        "timestamp": {"type": "date", "format": "rfc3339_lenient||epoch_millis", "ignore_malformed": True},
+        # UBI's mapping says rfc3339_lenient, which OpenSearch 2.19 does not parse for ISO
+        # strings (every one ends up in _ignored): the queries index's format instead.
+        "timestamp": {"type": "date", "format": "strict_date_optional_time||epoch_millis", "ignore_malformed": True},
         "event_attributes": {
             "dynamic": True,
             "properties": {
