@@ -187,16 +187,24 @@ class Batcher:
                 ahead = self._queued_tokens()
                 left = deadline - now
                 wait = (ahead + job.tokens()) * self.seconds_per_token
-                room = max(0.0, left / self.seconds_per_token - ahead)  # tokens it can still have
+                room = max(0.0, left / self.seconds_per_token - ahead)  # tokens that still make the deadline
+                least = min(MIN_PARTIAL, len(job.encodings))
                 if partial and ahead > 0:
-                    # Behind a queue a partial job takes at most half the room left, so the
-                    # next search keeps a share: a steady load shrinks every window (to about
-                    # rate x deadline / (searches + 1)) instead of refusing most searches whole.
-                    room /= 2
-                if job.tokens() > room:
+                    # Behind a queue a partial job is sized to keep the queue within half the
+                    # deadline (it takes half of what is left of that half; two pairs while they
+                    # make the deadline): a steady load shrinks every window, to about rate x
+                    # deadline / 2(searches + 1), instead of refusing searches whole, and the other
+                    # half absorbs errors in the estimate.
+                    if job.prefix_fitting(int(room)) < least:
+                        self.refused += 1
+                        raise Overloaded(wait, left)
+                    share = max(0.0, left / 2 / self.seconds_per_token - ahead) / 2
+                    keep = max(job.prefix_fitting(int(share)), least)
+                    if keep < len(job.encodings):
+                        job.keep_first(keep)
+                elif job.tokens() > room:
                     fits = job.prefix_fitting(int(room))
                     idle = ahead == 0 and admit_idle
-                    least = min(MIN_PARTIAL, len(job.encodings))
                     if partial and (fits >= least or idle):
                         job.keep_first(max(fits, least))
                     elif not idle:

@@ -350,14 +350,15 @@ def test_behind_a_queue_partial_jobs_share_the_room_left_instead_of_the_first_ta
         running = batcher.submit(make_job(SEARCH))  # 0.256 s in progress
         assert model.started.wait(5)
         queued = batcher.submit(make_job(SEARCH * 2))  # 0.512 s more queued
-        deadline = clock() + 1.3  # 0.532 s of room behind the queue
-        first, second = make_job(SEARCH), make_job(SEARCH)
-        batcher.submit(first, deadline=deadline, partial=True)
-        batcher.submit(second, deadline=deadline, partial=True)
-        assert len(first.encodings) == 4  # half the room: 0.266 s, four pairs of 64
-        assert len(second.encodings) == 2  # half of what is left: two pairs, not a refusal
+        deadline = clock() + 3.0  # half of it: 1.5 s, 0.732 s of it left behind the queue
+        first, second, third = make_job(SEARCH * 3), make_job(SEARCH * 3), make_job(SEARCH * 3)
+        for job in (first, second, third):
+            batcher.submit(job, deadline=deadline, partial=True)
+        assert len(first.encodings) == 5  # half of the 0.732 s: five pairs of 64, not all twelve
+        assert len(second.encodings) == 3  # half of what is left then: three pairs
+        assert len(third.encodings) == 2  # past half the deadline: two pairs while they make it, not a refusal
         model.gate.set()
-        for future in (running, queued, first.future, second.future):
+        for future in (running, queued, first.future, second.future, third.future):
             future.result(5)
         assert batcher.refused == 0
     finally:
