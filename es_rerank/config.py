@@ -252,13 +252,14 @@ class AdminSettings(_Strict):
 # connector sends x-elastic-client-meta; a compare page sends x-rerank-enabled).
 CORS_ALLOW_HEADERS = (
     "X-Requested-With", "Content-Type", "Content-Length", "Authorization", "Accept", "User-Agent",
-    "X-Elastic-Client-Meta", "X-Rerank-Enabled",
+    "X-Elastic-Client-Meta", "X-Rerank-Enabled", "X-Rerank-Arm",
 )  # fmt: skip
 # What page code may read of an answer: every x-rerank-* header es-rerank writes.
 CORS_EXPOSE_HEADERS = (
     "x-rerank", "x-rerank-reason", "x-rerank-model", "x-rerank-provider", "x-rerank-window",
     "x-rerank-upstream-ms", "x-rerank-tokenize-ms", "x-rerank-queue-ms", "x-rerank-inference-ms",
     "x-rerank-pairs", "x-rerank-cache-hits", "x-rerank-total-ms", "x-rerank-items", "x-rerank-item-outcomes",
+    "x-rerank-arm", "x-rerank-query-id",
 )  # fmt: skip
 
 
