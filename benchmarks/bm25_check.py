@@ -35,7 +35,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from es_rerank.tools.evaluation import default_first_stage_query, first_stage_body, load_beir, rank_metrics
+from es_rerank.tools.datasets import load_beir
+from es_rerank.tools.evaluation import default_first_stage_query, first_stage_body, rank_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 SCIFACT = ROOT.parent / "shared" / "datasets" / "scifact"

@@ -26,6 +26,10 @@ __all__ = [
     "MethodNotAllowedError",
     "ClientTimeoutError",
     "AccessDeniedError",
+    "ToolError",
+    "DatasetError",
+    "EvaluationError",
+    "BenchError",
     "LocalNodeError",
     "error_body",
 ]
@@ -145,10 +149,28 @@ class AccessDeniedError(RerankError):
     type = "rerank_security_exception"
 
 
-class LocalNodeError(RerankError):
-    """The local OpenSearch node could not be fetched, started or stopped."""
+class ToolError(RerankError):
+    """An offline tool (es_rerank.tools, the CLI) cannot do what it was asked.
 
-    type = "rerank_local_node_exception"
+    Tool errors are never answered over HTTP: they declare no ``status`` or ``type`` of
+    their own, and the CLI prints their ``reason`` and exits 1.
+    """
+
+
+class DatasetError(ToolError):
+    """A BEIR file (corpus, queries, qrels) or a saved run is missing, unreadable or malformed."""
+
+
+class EvaluationError(ToolError):
+    """The evaluation's options or targets are unusable (K too large, no proxy, a failing search...)."""
+
+
+class BenchError(ToolError):
+    """The benchmark cannot run: missing first stage, a missing peer library, bad options."""
+
+
+class LocalNodeError(ToolError):
+    """The local OpenSearch node could not be fetched, started or stopped."""
 
 
 def error_body(type_: str, reason: str, status: int) -> dict[str, Any]:

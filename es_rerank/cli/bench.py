@@ -8,8 +8,9 @@ from pathlib import Path
 import click
 
 from ..errors import RerankError
+from ..tools.bench import _key_values, format_report, load_bench_data, plot_bench, run_bench
+from ..tools.datasets import save_run
 from ._common import _fail
-from ..tools.bench import _key_values, format_report, load_bench_data, plot_bench, run_bench, save_run
 
 
 def _ints(text: str) -> list[int]:

@@ -11,7 +11,9 @@ from ..errors import RerankError
 
 if TYPE_CHECKING:  # pragma: no cover
     pass
-from ..tools.evaluation import EvaluationError, evaluate, format_table, load_beir, parse_ks, write_outputs
+from ..errors import EvaluationError
+from ..tools.datasets import load_beir
+from ..tools.evaluation import evaluate, format_table, parse_ks, write_outputs
 from ._common import _fail, load_checked_settings
 
 

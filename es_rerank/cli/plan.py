@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from ..errors import RerankError
-from ..tools.evaluation import load_beir, parse_ks
+from ..tools.datasets import load_beir
+from ..tools.evaluation import parse_ks
 from ..tools.planning import config_block, format_plan_table, limit_queries, plan, write_plan_outputs
 from ._common import _fail, load_checked_settings
 

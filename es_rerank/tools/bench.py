@@ -26,7 +26,6 @@ The score cache is off here (every call runs the model)."""
 from __future__ import annotations
 
 import asyncio
-import gzip
 import json
 import math
 import os
@@ -40,20 +39,18 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import click
 import numpy as np
 
-from ..errors import RerankError
+from ..errors import BenchError
 from ..reranker import OnnxReranker, ScoreStats, physical_cores
+from .datasets import beir_files, load_passages, load_qrels, load_queries, load_run
+from .reports import percentile
 
 __all__ = [
-    "BenchError",
     "BenchData",
     "ModelShape",
     "ThroughputResult",
     "CellResult",
     "QualityResult",
     "BenchResult",
-    "load_corpus",
-    "load_run",
-    "save_run",
     "search_run",
     "load_bench_data",
     "model_shape",
@@ -62,7 +59,6 @@ __all__ = [
     "run_bench",
     "format_report",
     "plot_bench",
-    "bench",
 ]
 
 
@@ -70,12 +66,6 @@ DEFAULT_KS = (10, 20, 50, 100)
 
 
 DEFAULT_CONCURRENCY = (1, 4, 16)
-
-
-class BenchError(RerankError):
-    """The benchmark cannot run: missing data, a bad run file, a missing peer library."""
-
-    type = "rerank_bench_exception"
 
 
 @dataclass
@@ -92,72 +82,6 @@ class BenchData:
 
     def pairs_for(self, qid: str, k: int) -> list[str]:
         return [self.passages[did] for did in self.candidates[qid][:k]]
-
-
-def _open_text(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
-
-
-def _find(directory: Path, names: Sequence[str], what: str) -> Path:
-    for name in names:
-        if (directory / name).is_file():
-            return directory / name
-    raise BenchError(f"{directory} has no {what} ({' or '.join(names)})")
-
-
-def load_corpus(path: str | Path, fields: Sequence[str] = ("title", "text"), ids: Iterable[str] | None = None) -> dict[str, str]:
-    """BEIR ``corpus.jsonl`` (or ``.gz``): doc id -> its fields joined by a space (as the proxy joins them)."""
-    wanted = set(ids) if ids is not None else None
-    out: dict[str, str] = {}
-    with _open_text(Path(path)) as lines:
-        for line in lines:
-            if not line.strip():
-                continue
-            doc = json.loads(line)
-            did = str(doc["_id"])
-            if wanted is not None and did not in wanted:
-                continue
-            out[did] = " ".join(str(doc[f]) for f in fields if doc.get(f))
-    return out
-
-
-def load_run(path: str | Path) -> dict[str, list[str]]:
-    """A saved first stage, doc ids best first: JSON ``{"qid": {"docid": score, ...}}`` or
-    ``{"qid": ["docid", ...]}`` (best first), or a TREC run (``qid Q0 docid rank score tag``)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise BenchError(f"cannot read run file {path}: {exc.strerror}") from None
-    run: dict[str, dict[str, float]] = {}
-    if text.lstrip().startswith("{"):
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise BenchError(f"run file {path} is not valid JSON: {exc}") from None
-        for qid, docs in data.items():
-            if isinstance(docs, list):
-                run[str(qid)] = {str(d): -float(i) for i, d in enumerate(docs)}
-            else:
-                run[str(qid)] = {str(d): float(s) for d, s in docs.items()}
-    else:
-        for n, line in enumerate(text.splitlines(), 1):
-            cols = line.split()
-            if not cols:
-                continue
-            if len(cols) != 6:
-                raise BenchError(f"{path}:{n}: a TREC run line has 6 columns (qid Q0 docid rank score tag)")
-            run.setdefault(cols[0], {})[cols[2]] = float(cols[4])
-    return {qid: [d for d, _ in sorted(docs.items(), key=lambda kv: -kv[1])] for qid, docs in run.items()}
-
-
-def save_run(candidates: Mapping[str, Sequence[str]], path: str | Path) -> Path:
-    """Write candidates as a compact JSON run, ``{"qid": ["best doc id", ...]}``, that :func:`load_run` reads."""
-    path = Path(path)
-    path.write_text(json.dumps({qid: list(ids) for qid, ids in candidates.items()}, separators=(",", ":")), encoding="utf-8")
-    return path
 
 
 def search_run(
@@ -193,16 +117,11 @@ def load_bench_data(
     fields: Sequence[str] = ("title", "text"),
 ) -> BenchData:
     """Queries (judged ones, when qrels exist), their top-``k`` candidates and the passages."""
-    from .evaluation import load_qrels, load_queries
-
-    corpus_dir = Path(corpus_dir)
-    queries = load_queries(_find(corpus_dir, [f"queries-{split}.jsonl", "queries.jsonl"], "queries file"))
+    files = beir_files(corpus_dir, split)
+    queries = load_queries(files.queries)
     qrels: dict[str, dict[str, int]] = {}
-    qrels_path = corpus_dir / "qrels" / f"{split}.tsv"
-    if not qrels_path.is_file() and (corpus_dir / f"qrels-{split}.tsv").is_file():
-        qrels_path = corpus_dir / f"qrels-{split}.tsv"
-    if qrels_path.is_file():
-        qrels = load_qrels(qrels_path)
+    if files.qrels is not None:
+        qrels = load_qrels(files.qrels)
         queries = {qid: text for qid, text in queries.items() if qid in qrels}
     if run_file is not None:
         candidates = load_run(run_file)
@@ -213,8 +132,8 @@ def load_bench_data(
     candidates = {qid: ids[:k] for qid, ids in candidates.items() if qid in queries}
     if not candidates:
         raise BenchError("no query of the queries file has first-stage candidates")
-    corpus_path = _find(corpus_dir, ["corpus.jsonl", "corpus.jsonl.gz"], "corpus file")
-    passages = load_corpus(corpus_path, fields, {d for ids in candidates.values() for d in ids})
+    corpus_path = files.corpus
+    passages = load_passages(corpus_path, fields, {d for ids in candidates.values() for d in ids})
     missing = {d for ids in candidates.values() for d in ids} - passages.keys()
     if missing:
         raise BenchError(f"{len(missing)} candidate doc id(s) are not in {corpus_path} (e.g. {sorted(missing)[:3]})")
@@ -428,10 +347,6 @@ class BenchResult:
         return asdict(self)
 
 
-def _pct(values: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else math.nan
-
-
 def _throughput(
     contenders: list[_Contender],
     data: BenchData,
@@ -610,7 +525,7 @@ def run_bench(
             result.throughput.append(
                 ThroughputResult(
                     label=c.label, kind=c.kind, pairs=c.pairs, seconds=c.seconds, pairs_per_s=c.pairs / c.seconds,
-                    flop_rate=rate, flop_fraction=rate / np_rate, p50_ms=_pct(c.per_query, 50) * 1000,
+                    flop_rate=rate, flop_fraction=rate / np_rate, p50_ms=percentile(c.per_query, 50) * 1000,
                     **_stage_split(c),
                 )  # fmt: skip
             )
@@ -645,8 +560,8 @@ def run_bench(
                             CellResult(
                                 label=f"es-rerank {name}", k=k, concurrency=c, queries=len(a["lat"]), pairs=pairs,
                                 seconds=a["seconds"], pairs_per_s=pairs / a["seconds"],
-                                p50_ms=_pct(a["lat"], 50) * 1000, p95_ms=_pct(a["lat"], 95) * 1000,
-                                p99_ms=_pct(a["lat"], 99) * 1000, max_hold_ms=max(s.hold_ms for s in a["stats"]),
+                                p50_ms=percentile(a["lat"], 50) * 1000, p95_ms=percentile(a["lat"], 95) * 1000,
+                                p99_ms=percentile(a["lat"], 99) * 1000, max_hold_ms=max(s.hold_ms for s in a["stats"]),
                                 merged_runs=a["merged"], runs=a["runs"], timeouts=a["timeouts"],
                             )  # fmt: skip
                         )

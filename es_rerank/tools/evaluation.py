@@ -39,23 +39,20 @@ from urllib.parse import quote
 import httpx
 
 from ..config import IndexSettings, Settings
-from ..errors import RerankError
+from ..errors import EvaluationError, RerankError
+from .datasets import EvalData
+from .reports import percentile
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..app import RerankProxy
 
 
 __all__ = [
-    "EvaluationError",
-    "EvalData",
     "KResult",
     "EvalResult",
     "QUERY_PLACEHOLDER",
     "default_first_stage_query",
     "first_stage_body",
-    "load_queries",
-    "load_qrels",
-    "load_beir",
     "parse_ks",
     "rank_metrics",
     "evaluate",
@@ -65,7 +62,6 @@ __all__ = [
     "fallback_lines",
     "plot_results",
     "write_outputs",
-    "eval_command",
 ]
 
 
@@ -85,110 +81,6 @@ RESULTS_FILE = "results.json"
 
 
 TABLE_FILE = "table.txt"
-
-
-class EvaluationError(RerankError):
-    """The evaluation's data, options or targets are unusable (bad file, K too large...)."""
-
-    status = 400
-    type = "rerank_evaluation_exception"
-
-
-@dataclass(frozen=True)
-class EvalData:
-    """Queries and relevance judgements, checked against each other.
-
-    ``queries`` holds only the queries that have judgements (the ones evaluated);
-    ``unjudged`` counts the queries of the file that have none (skipped, as BEIR does).
-    """
-
-    queries: dict[str, str]
-    qrels: dict[str, dict[str, int]]
-    unjudged: int = 0
-
-
-def _read_lines(path: Path, what: str) -> list[str]:
-    try:
-        return Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise EvaluationError(f"{what} file {path} does not exist") from None
-    except UnicodeDecodeError:
-        raise EvaluationError(f"{what} file {path} is not UTF-8 text") from None
-    except OSError as exc:
-        raise EvaluationError(f"cannot read {what} file {path}: {exc.strerror}") from None
-
-
-def load_queries(path: str | Path) -> dict[str, str]:
-    """BEIR ``queries.jsonl``: one ``{"_id": ..., "text": ...}`` object a line."""
-    path = Path(path)
-    queries: dict[str, str] = {}
-    for n, line in enumerate(_read_lines(path, "queries"), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            raise EvaluationError(f"{path}:{n}: not a JSON object") from None
-        if not isinstance(obj, dict) or "_id" not in obj or not isinstance(obj.get("text"), str):
-            raise EvaluationError(f'{path}:{n}: a query needs "_id" and a string "text"')
-        qid = str(obj["_id"])
-        if qid in queries:
-            raise EvaluationError(f"{path}:{n}: query id {qid!r} appears twice")
-        if not obj["text"].strip():
-            raise EvaluationError(f"{path}:{n}: query {qid!r} has an empty text")
-        queries[qid] = obj["text"]
-    if not queries:
-        raise EvaluationError(f"queries file {path} holds no queries")
-    return queries
-
-
-def load_qrels(path: str | Path) -> dict[str, dict[str, int]]:
-    """BEIR ``qrels/*.tsv``: ``query-id<TAB>corpus-id<TAB>score`` with a header line.
-
-    TREC qrels (``qid iter docid rel``, whitespace-separated) are read too.
-    """
-    path = Path(path)
-    qrels: dict[str, dict[str, int]] = {}
-    first = True
-    for n, line in enumerate(_read_lines(path, "qrels"), 1):
-        if not line.strip():
-            continue
-        is_first, first = first, False
-        cols = line.split("\t") if "\t" in line else line.split()
-        if len(cols) == 4:  # TREC: qid iteration docid relevance
-            cols = [cols[0], cols[2], cols[3]]
-        if len(cols) != 3:
-            raise EvaluationError(f"{path}:{n}: expected query-id, corpus-id and score, got {len(cols)} column(s)")
-        qid, did, rel = (c.strip() for c in cols)
-        try:
-            grade = int(rel)
-        except ValueError:
-            if is_first:
-                continue  # the header line (query-id, corpus-id, score)
-            raise EvaluationError(f"{path}:{n}: score {rel!r} is not an integer") from None
-        qrels.setdefault(qid, {})[did] = grade
-    if not qrels:
-        raise EvaluationError(f"qrels file {path} holds no judgements")
-    return qrels
-
-
-def load_beir(queries_path: str | Path, qrels_path: str | Path) -> EvalData:
-    """Load both files and check them against each other.
-
-    Every query id in the qrels must be a query of the queries file (a mismatch is
-    almost always the wrong split); queries without judgements are skipped.
-    """
-    queries = load_queries(queries_path)
-    qrels = load_qrels(qrels_path)
-    unknown = [qid for qid in qrels if qid not in queries]
-    if unknown:
-        shown = ", ".join(repr(q) for q in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
-        raise EvaluationError(
-            f"{qrels_path} judges {len(unknown)} query id(s) that {queries_path} does not have "
-            f"({shown}): are they the same split?"
-        )
-    judged = {qid: text for qid, text in queries.items() if qid in qrels}
-    return EvalData(queries=judged, qrels=qrels, unjudged=len(queries) - len(judged))
 
 
 def parse_ks(text: str | Iterable[int]) -> list[int]:
@@ -287,12 +179,6 @@ def rank_metrics(
     return means, per_query
 
 
-def _percentile(values: Sequence[float], q: float) -> float:
-    import numpy as np
-
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else math.nan
-
-
 @dataclass(frozen=True)
 class KResult:
     """Everything measured for one window size K."""
@@ -315,11 +201,11 @@ class KResult:
 
     @property
     def rerank_p50_ms(self) -> float:
-        return _percentile(self.rerank_ms, 50)
+        return percentile(self.rerank_ms, 50)
 
     @property
     def rerank_p95_ms(self) -> float:
-        return _percentile(self.rerank_ms, 95)
+        return percentile(self.rerank_ms, 95)
 
     @property
     def pairs_per_s(self) -> float:
@@ -337,8 +223,8 @@ class KResult:
                 "rerank_p50_ms": self.rerank_p50_ms,
                 "rerank_p95_ms": self.rerank_p95_ms,
                 "rerank_mean_ms": sum(self.rerank_ms) / len(self.rerank_ms) if self.rerank_ms else math.nan,
-                "request_p50_ms": _percentile(self.total_ms, 50),
-                "request_p95_ms": _percentile(self.total_ms, 95),
+                "request_p50_ms": percentile(self.total_ms, 50),
+                "request_p95_ms": percentile(self.total_ms, 95),
                 "pairs": self.pairs,
                 "pairs_per_s": self.pairs_per_s,
                 "over": "reranked answers only",
@@ -694,7 +580,7 @@ async def _run_k(
         bar.update(1)
         if progress:
             not_reranked = sum(outcomes.values()) - len(rerank_ms)
-            bar.set_postfix(p50_ms=f"{_percentile(rerank_ms, 50):.0f}", not_reranked=not_reranked, refresh=False)
+            bar.set_postfix(p50_ms=f"{percentile(rerank_ms, 50):.0f}", not_reranked=not_reranked, refresh=False)
         if on_query is not None:
             on_query()
 

@@ -1,12 +1,12 @@
 """Load a BEIR corpus into OpenSearch, for the demo, the tests and ``es-rerank index``.
 
 A BEIR corpus is ``corpus.jsonl`` (or ``corpus.jsonl.gz``): one JSON object a line
-with ``_id``, ``title`` and ``text``. :func:`iter_corpus` reads it, :func:`load_mapping`
+with ``_id``, ``title`` and ``text``. :func:`~es_rerank.tools.datasets.iter_corpus` reads it, :func:`load_mapping`
 reads an index body such as ``mappings/scifact.json``, and :func:`index_corpus`
 creates the index and bulk-loads the documents with ``opensearchpy.helpers.streaming_bulk``.
 
 Every problem with the files or the load is raised as a
-:class:`~es_rerank.errors.RerankError` whose message names the file (and line) or
+:class:`~es_rerank.errors.ToolError` (a DatasetError for the corpus) whose message names the file (and line) or
 the index, so the CLI can print it as it is.
 """
 
@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import copy
 import gzip
-import io
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import opensearchpy
 from opensearchpy.exceptions import ConnectionError as OpenSearchConnectionError
@@ -27,9 +26,10 @@ from opensearchpy.helpers import streaming_bulk
 from tqdm import tqdm
 
 from ..config import UpstreamSettings
-from ..errors import RerankError, UpstreamUnavailableError
+from ..errors import ToolError, UpstreamUnavailableError
+from .datasets import check_file, is_gzip, iter_corpus
 
-__all__ = ["DEFAULT_MAPPING", "iter_corpus", "load_mapping", "index_corpus", "index_into_upstream"]
+__all__ = ["DEFAULT_MAPPING", "load_mapping", "index_corpus", "index_into_upstream"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,92 +49,27 @@ DEFAULT_MAPPING: dict[str, Any] = {
     },
 }
 
-_GZIP_MAGIC = b"\x1f\x8b"
 # A .gz corpus is decompressed once more just to count its lines for the progress
 # bar; above this compressed size the bar runs without a total.
 _COUNT_GZIP_UP_TO_BYTES = 64 * 1024 * 1024
 _MAX_REPORTED_ERRORS = 5
 
 
-def _is_gzip(path: Path) -> bool:
-    with path.open("rb") as f:
-        return f.read(2) == _GZIP_MAGIC
-
-
-def _open_text(path: Path) -> io.TextIOBase:
-    if _is_gzip(path):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return path.open("r", encoding="utf-8")
-
-
-def _check_file(path: Path, what: str) -> None:
-    if not path.exists():
-        raise RerankError(f"{what} {path}: no such file")
-    if not path.is_file():
-        raise RerankError(f"{what} {path}: not a file")
-
-
-def _doc_from_line(line: str, path: Path, lineno: int) -> dict[str, str]:
-    where = f"{path}:{lineno}"
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise RerankError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(obj, dict):
-        raise RerankError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    doc_id = obj.get("_id")
-    if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)) or doc_id == "":
-        raise RerankError(f"{where}: '_id' must be a non-empty string, got {doc_id!r}")
-    title = obj.get("title")
-    text = obj.get("text")
-    if title is None:
-        title = ""  # BEIR allows a missing title; an abstract without one is common
-    if not isinstance(title, str):
-        raise RerankError(f"{where}: 'title' must be a string, got {type(title).__name__}")
-    if not isinstance(text, str):
-        got = "nothing" if text is None else type(text).__name__
-        raise RerankError(f"{where}: 'text' must be a string, got {got}")
-    return {"_id": str(doc_id), "title": title, "text": text}
-
-
-def iter_corpus(path: Path) -> Iterator[dict[str, str]]:
-    """Yield ``{"_id", "title", "text"}`` for each document of a BEIR corpus file.
-
-    ``path`` is ``corpus.jsonl`` or ``corpus.jsonl.gz`` (gzip is recognised by its
-    magic bytes, whatever the name). Blank lines are skipped; other keys (BEIR's
-    ``metadata``) are dropped; a missing or null ``title`` becomes ``""``; an integer
-    ``_id`` becomes a string. A bad line raises :class:`RerankError` naming the file
-    and the line, when the iteration reaches it.
-    """
-    path = Path(path)
-    _check_file(path, "corpus")
-    lineno = 0
-    try:
-        with _open_text(path) as f:
-            for lineno, line in enumerate(f, start=1):
-                if line.strip():
-                    yield _doc_from_line(line, path, lineno)
-    except UnicodeDecodeError as e:
-        raise RerankError(f"{path}: not UTF-8 text after line {lineno} ({e.reason})") from None
-    except (gzip.BadGzipFile, EOFError, OSError) as e:
-        raise RerankError(f"corpus {path}: cannot be read after line {lineno}: {e}") from e
-
-
 def load_mapping(path: Path) -> dict[str, Any]:
     """Read an index body (``settings`` and/or ``mappings``) from a JSON file."""
     path = Path(path)
-    _check_file(path, "mapping")
+    check_file(path, "mapping")
     try:
         body = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise RerankError(f"mapping {path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        raise ToolError(f"mapping {path}:{e.lineno}: not valid JSON ({e.msg})") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise RerankError(f"mapping {path}: cannot be read: {e}") from e
+        raise ToolError(f"mapping {path}: cannot be read: {e}") from e
     if not isinstance(body, dict):
-        raise RerankError(f"mapping {path}: expected a JSON object, got {type(body).__name__}")
+        raise ToolError(f"mapping {path}: expected a JSON object, got {type(body).__name__}")
     unknown = sorted(set(body) - {"settings", "mappings", "aliases"})
     if unknown:
-        raise RerankError(
+        raise ToolError(
             f"mapping {path}: unexpected top-level keys {unknown};"
             " an index body has 'settings', 'mappings' and 'aliases'"
         )
@@ -144,7 +79,7 @@ def load_mapping(path: Path) -> dict[str, Any]:
 def _count_lines(path: Path) -> int | None:
     """Line count for the progress bar, or None where counting is not cheap."""
     try:
-        if _is_gzip(path):
+        if is_gzip(path):
             if path.stat().st_size > _COUNT_GZIP_UP_TO_BYTES:
                 return None
             opener: Any = gzip.open
@@ -185,11 +120,11 @@ def _create_index(
     except RequestError as e:
         if e.error == "resource_already_exists_exception" and not recreate:
             return  # created by someone else in between: index into it
-        raise RerankError(f"cannot create index {index!r}: {e.error}: {_info_reason(e)}") from e
+        raise ToolError(f"cannot create index {index!r}: {e.error}: {_info_reason(e)}") from e
     except OpenSearchConnectionError as e:
         raise UpstreamUnavailableError(f"OpenSearch cannot be reached: {e}") from e
     except TransportError as e:
-        raise RerankError(f"cannot create index {index!r}: {e.error}: {_info_reason(e)}") from e
+        raise ToolError(f"cannot create index {index!r}: {e.error}: {_info_reason(e)}") from e
 
 
 def _info_reason(e: Any) -> str:
@@ -220,7 +155,7 @@ def index_corpus(
     a tqdm bar on stderr when ``progress``. Then the index is refreshed, so the
     documents are searchable on return.
 
-    Raises :class:`RerankError` if any document is rejected (after the whole corpus
+    Raises :class:`ToolError` if any document is rejected (after the whole corpus
     was sent and the index refreshed; the message gives the count and the first few
     reasons) and on a bad corpus line (documents before it may have been indexed),
     :class:`~es_rerank.errors.UpstreamUnavailableError` if OpenSearch cannot be reached.
@@ -228,7 +163,7 @@ def index_corpus(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     corpus = Path(corpus)
-    _check_file(corpus, "corpus")
+    check_file(corpus, "corpus")
     _create_index(client, index, DEFAULT_MAPPING if mapping is None else mapping, recreate)
 
     actions = (
@@ -261,13 +196,13 @@ def index_corpus(
     except OpenSearchConnectionError as e:
         raise UpstreamUnavailableError(f"OpenSearch cannot be reached: {e}") from e
     except TransportError as e:
-        raise RerankError(
+        raise ToolError(
             f"indexing {corpus} into {index!r} failed after {indexed} documents:"
             f" {e.error}: {_info_reason(e)}"
         ) from e
 
     if failed:
-        raise RerankError(
+        raise ToolError(
             f"{failed} of {indexed + failed} documents of {corpus} were rejected by index"
             f" {index!r}; first errors:\n" + "\n".join(f"  - {r}" for r in errors)
         )

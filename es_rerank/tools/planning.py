@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..config import IndexSettings, Settings
-from ..errors import RerankError
-from .evaluation import DEFAULT_KS, EvalData, EvaluationError, evaluate_async, parse_ks, without_caches
+from ..errors import EvaluationError, RerankError
+from .datasets import EvalData
+from .evaluation import DEFAULT_KS, evaluate_async, parse_ks, without_caches
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",

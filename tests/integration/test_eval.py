@@ -247,7 +247,8 @@ class _EveryOtherFallsBack:
 def test_fallbacks_reported_apart_from_latency(beir, config):
     import asyncio
 
-    from es_rerank.tools.evaluation import evaluate_async, format_table, load_beir
+    from es_rerank.tools.datasets import load_beir
+    from es_rerank.tools.evaluation import evaluate_async, format_table
 
     settings = load_settings(config)
     proxy = create_app(settings)

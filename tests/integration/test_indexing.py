@@ -13,7 +13,8 @@ import pytest
 from opensearchpy import OpenSearch
 
 from es_rerank.errors import RerankError
-from es_rerank.tools.indexing import DEFAULT_MAPPING, index_corpus, iter_corpus, load_mapping
+from es_rerank.tools.datasets import iter_corpus
+from es_rerank.tools.indexing import DEFAULT_MAPPING, index_corpus, load_mapping
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CORPUS = REPO / "demo" / "scifact" / "corpus.jsonl.gz"

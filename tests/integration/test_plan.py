@@ -19,7 +19,7 @@ from opensearchpy.helpers import bulk
 
 from es_rerank.cli import main
 from es_rerank.config import settings_from_dict
-from es_rerank.tools.evaluation import load_beir
+from es_rerank.tools.datasets import load_beir
 from es_rerank.tools.planning import PlanCell, best_within, pareto_frontier, plan
 
 pytestmark = pytest.mark.integration

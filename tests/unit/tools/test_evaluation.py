@@ -1,4 +1,4 @@
-"""Evaluation: metrics against hand computation, BEIR loaders and their errors, the table."""
+"""es_rerank.tools.evaluation: metrics against hand computation, the first-stage query, the table, the command's checks."""
 
 from __future__ import annotations
 
@@ -9,18 +9,14 @@ import math
 import pytest
 from click.testing import CliRunner
 
-from es_rerank.errors import RerankError
+from es_rerank.errors import EvaluationError, RerankError
 from es_rerank.cli.eval import eval_command
 from es_rerank.tools.evaluation import (
     EvalResult,
-    EvaluationError,
     KResult,
     default_first_stage_query,
     first_stage_body,
     format_table,
-    load_beir,
-    load_qrels,
-    load_queries,
     parse_ks,
     rank_metrics,
     write_outputs,
@@ -67,76 +63,12 @@ def test_a_query_without_hits_counts_as_zero():
     assert means["ndcg@10"] == pytest.approx(0.5)
 
 
-# --- loaders ------------------------------------------------------------------
+# --- helpers ------------------------------------------------------------------
 
 
 def _write(path, text):
     path.write_text(text, encoding="utf-8")
     return path
-
-
-def test_load_queries(tmp_path):
-    path = _write(tmp_path / "q.jsonl", '{"_id": "1", "text": "vitamin d"}\n\n{"_id": 2, "text": "aspirin", "metadata": {}}\n')
-    assert load_queries(path) == {"1": "vitamin d", "2": "aspirin"}
-
-
-@pytest.mark.parametrize(
-    "content, message",
-    [
-        ("", "holds no queries"),
-        ("\n  \n", "holds no queries"),
-        ('{"_id": "1", "text": "a"}\nnot json\n', "q.jsonl:2: not a JSON object"),
-        ('{"id": "1", "text": "a"}\n', 'q.jsonl:1: a query needs "_id"'),
-        ('{"_id": "1", "text": "a"}\n{"_id": "1", "text": "b"}\n', "query id '1' appears twice"),
-        ('{"_id": "1", "text": "  "}\n', "empty text"),
-    ],
-)
-def test_load_queries_errors(tmp_path, content, message):
-    path = _write(tmp_path / "q.jsonl", content)
-    with pytest.raises(EvaluationError, match=message.replace("(", r"\(")) as info:
-        load_queries(path)
-    assert isinstance(info.value, RerankError)
-
-
-def test_load_queries_missing_file(tmp_path):
-    with pytest.raises(EvaluationError, match="does not exist"):
-        load_queries(tmp_path / "nope.jsonl")
-
-
-def test_load_qrels_beir_and_trec(tmp_path):
-    beir = _write(tmp_path / "a.tsv", "query-id\tcorpus-id\tscore\n1\td1\t1\n1\td2\t0\n2\td3\t2\n")
-    assert load_qrels(beir) == {"1": {"d1": 1, "d2": 0}, "2": {"d3": 2}}
-    headerless = _write(tmp_path / "b.tsv", "1\td1\t1\n")
-    assert load_qrels(headerless) == {"1": {"d1": 1}}
-    trec = _write(tmp_path / "c.txt", "1 0 d1 1\n2 0 d3 1\n")
-    assert load_qrels(trec) == {"1": {"d1": 1}, "2": {"d3": 1}}
-
-
-@pytest.mark.parametrize(
-    "content, message",
-    [
-        ("query-id\tcorpus-id\tscore\n", "holds no judgements"),
-        ("query-id\tcorpus-id\tscore\n1\td1\n", "b.tsv:2: expected query-id, corpus-id and score, got 2"),
-        ("query-id\tcorpus-id\tscore\n1\td1\t1\n1\td2\thigh\n", "b.tsv:3: score 'high' is not an integer"),
-    ],
-)
-def test_load_qrels_errors(tmp_path, content, message):
-    with pytest.raises(EvaluationError, match=message):
-        load_qrels(_write(tmp_path / "b.tsv", content))
-
-
-def test_load_beir_rejects_unknown_query_ids(tmp_path):
-    queries = _write(tmp_path / "q.jsonl", '{"_id": "1", "text": "a"}\n')
-    qrels = _write(tmp_path / "r.tsv", "query-id\tcorpus-id\tscore\n1\td1\t1\n7\td2\t1\n8\td3\t1\n")
-    with pytest.raises(EvaluationError, match=r"judges 2 query id\(s\) that .* does not have \('7', '8'\)"):
-        load_beir(queries, qrels)
-
-
-def test_load_beir_skips_unjudged_queries(tmp_path):
-    queries = _write(tmp_path / "q.jsonl", '{"_id": "1", "text": "a"}\n{"_id": "2", "text": "b"}\n')
-    qrels = _write(tmp_path / "r.tsv", "query-id\tcorpus-id\tscore\n1\td1\t1\n")
-    data = load_beir(queries, qrels)
-    assert data.queries == {"1": "a"} and data.unjudged == 1
 
 
 def test_parse_ks():

@@ -1,4 +1,4 @@
-"""es-rerank bench: data loading, FLOP counting and a whole (tiny) run; no timing is asserted."""
+"""es_rerank.tools.bench (es-rerank bench): data loading, FLOP counting and a whole (tiny) run; no timing is asserted."""
 
 from __future__ import annotations
 
@@ -11,18 +11,17 @@ import pytest
 from click.testing import CliRunner
 
 from es_rerank.cli.bench import bench
+from es_rerank.errors import BenchError
+from es_rerank.tools.datasets import save_run
 from es_rerank.tools.bench import (
-    BenchError,
     ModelShape,
     format_report,
     load_bench_data,
-    load_run,
     model_shape,
     run_bench,
-    save_run,
 )
 
-REAL_MODEL = Path(__file__).resolve().parents[2].parent / "shared/models/scifact-minilm-l6-ce"
+REAL_MODEL = Path(__file__).resolve().parents[3].parent / "shared/models/scifact-minilm-l6-ce"
 
 
 def test_flops_per_pair_match_the_model_card():
@@ -44,18 +43,6 @@ def test_model_shape_from_config_or_graph(tmp_path, tiny_model_dir):
 @pytest.mark.skipif(not (REAL_MODEL / "model.onnx").is_file(), reason="shared model not present")
 def test_model_shape_read_off_the_real_graph():
     assert model_shape(Path("/nonexistent"), REAL_MODEL / "model.onnx") == ModelShape(6, 384, 1536)
-
-
-def test_run_files_round_trip(tmp_path):
-    path = save_run({"q1": ["d3", "d1"], "q2": ["d2"]}, tmp_path / "run.json")
-    assert load_run(path) == {"q1": ["d3", "d1"], "q2": ["d2"]}
-    (tmp_path / "scored.json").write_text(json.dumps({"q1": {"a": 1.0, "b": 3.0}}))
-    assert load_run(tmp_path / "scored.json") == {"q1": ["b", "a"]}
-    (tmp_path / "run.trec").write_text("q1 Q0 a 1 2.5 bm25\nq1 Q0 b 2 7.0 bm25\n")
-    assert load_run(tmp_path / "run.trec") == {"q1": ["b", "a"]}
-    (tmp_path / "bad.trec").write_text("q1 a 1\n")
-    with pytest.raises(BenchError, match="6 columns"):
-        load_run(tmp_path / "bad.trec")
 
 
 @pytest.fixture
@@ -149,7 +136,7 @@ def test_peers_without_their_libraries_say_what_to_install(beir, model_dir, monk
 
 def test_the_first_pass_script_runs_on_cpu(beir, model_dir, tmp_path):
     """benchmarks/gpu_first_pass.py is meant for a GPU; here it is checked on CPU, so it is ready."""
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_first_pass.py"
+    script = Path(__file__).resolve().parents[3] / "benchmarks" / "gpu_first_pass.py"
     args = [
         sys.executable, str(script), str(model_dir), str(beir), "--run", str(beir / "run.json"),
         "--onnx-file", "model.onnx", "--provider", "cpu", "--k", "5", "--batch-size", "4", "--max-batch-tokens", "256",

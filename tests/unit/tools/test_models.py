@@ -38,7 +38,7 @@ from es_rerank.reranker.modeldir import (
     write_model_config,
 )
 
-TESTS = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parents[2]
 ROOT = TESTS.parent
 if str(TESTS) not in sys.path:  # tests/ has no package marker; tinymodel lives there
     sys.path.insert(0, str(TESTS))
