@@ -65,8 +65,14 @@ async def read_body(request: Request, *, limit: int, idle_timeout: float) -> byt
 
 
 def load_rerankers(settings: Settings) -> dict[str, Reranker]:
-    """One ONNX Runtime session per configured model."""
-    return {name: OnnxReranker.from_settings(name, spec) for name, spec in settings.models.items()}
+    """One ONNX Runtime session per configured model; with ``shared_cache``, their score
+    caches backed by Redis (es_rerank/reranker/_shared_cache.py)."""
+    rerankers: dict[str, Reranker] = {name: OnnxReranker.from_settings(name, spec) for name, spec in settings.models.items()}
+    if settings.shared_cache is not None:
+        from .reranker._shared_cache import attach_shared_cache
+
+        attach_shared_cache(rerankers, settings.shared_cache)
+    return rerankers
 
 
 async def _disconnected(request: Request) -> None:

@@ -1,0 +1,309 @@
+"""Several proxies, one behaviour: the score cache shared through a real Redis, and two
+``es-rerank serve`` processes behind a real HAProxy on loopback.
+
+Needs ``redis-server`` (and ``haproxy`` for the two-proxy tests) from Debian; each test
+skips with the reason when its binary is missing (``.ci/run`` installs both).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from opensearchpy import OpenSearch, helpers
+
+from es_rerank import create_app, settings_from_dict
+from es_rerank.config import SharedCacheSettings
+from es_rerank.reranker import OnnxReranker, ScoreStats
+from es_rerank.reranker._shared_cache import RedisStore, SharedScoreCache, attach_shared_cache
+
+pytestmark = pytest.mark.integration
+
+INDEX = "rr-shared"
+DOCS = [
+    ("Vitamin D and rickets", "Rickets in children is caused by a lack of vitamin D and calcium."),
+    ("Cell division", "Mitosis is the division of a cell nucleus into two identical nuclei."),
+    ("Cell membranes", "The cell membrane separates the interior of a cell from its environment."),
+    ("Stem cells", "Stem cells can divide into more stem cells or differentiate into other cells."),
+    ("Cancer cells", "Cancer cells divide without control and can invade nearby tissue."),
+    ("Red blood cells", "Red blood cells carry oxygen from the lungs to the body's tissues."),
+]
+SEARCH = {"query": {"match": {"text": "cell divide"}}, "size": 3}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(predicate, timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+class RedisServer:
+    def __init__(self, tmp: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed (apt-get install redis-server)")
+        self.binary, self.tmp = binary, tmp
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "RedisServer":
+        import redis
+
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru", "--dir", str(self.tmp)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis.from_url(self.url)
+        _wait(client.ping, 20, "redis-server")
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    server = RedisServer(tmp_path).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _settings(url: str, **extra) -> SharedCacheSettings:
+    return SharedCacheSettings(url=url, **{"ttl_s": 600, "timeout_ms": 200, "retry_after_s": 0.3, **extra})
+
+
+def _tiny(tiny_model_dir: Path, name: str = "tiny") -> OnnxReranker:
+    return OnnxReranker(name, tiny_model_dir / "model.onnx", tiny_model_dir / "tokenizer.json", warmup=False)
+
+
+def test_a_score_made_by_one_proxy_is_a_hit_on_another(redis_server, tiny_model_dir):
+    import redis
+
+    a, b = _tiny(tiny_model_dir), _tiny(tiny_model_dir)
+    try:
+        store_a = attach_shared_cache({"tiny": a}, _settings(redis_server.url))
+        store_b = attach_shared_cache({"tiny": b}, _settings(redis_server.url))
+        passages = [text for _, text in DOCS]
+        first = a.score("cell divide", passages)
+        store_a.flush()
+        stats = ScoreStats()
+        second = b.score("cell divide", passages, stats=stats)
+        assert stats.cache_hits == len(passages) and stats.pairs == 0
+        np.testing.assert_allclose(first, second, rtol=1e-6)
+        # Bounded: every key written has the TTL.
+        client = redis.Redis.from_url(redis_server.url)
+        keys = client.keys("es-rerank:score:*")
+        assert len(keys) == len(passages)
+        assert all(0 < client.ttl(k) <= 600 for k in keys)
+        assert b.cache.info()["shared"]["hits"] == len(passages)
+        store_b.close()
+        store_a.close()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_redis_down_never_fails_a_score_and_comes_back(redis_server, tiny_model_dir, caplog):
+    model = _tiny(tiny_model_dir)
+    try:
+        store = attach_shared_cache({"tiny": model}, _settings(redis_server.url))
+        redis_server.stop()
+        passages = [text for _, text in DOCS]
+        t0 = time.monotonic()
+        scores = model.score("stem cells", passages)  # Redis gone: scored by the model
+        assert len(scores) == len(passages)
+        assert time.monotonic() - t0 < 30
+        _wait(lambda: store.failures >= 1, 10, "the failure to be seen")
+        assert not store.available()
+        model.cache.local.clear()
+        stats = ScoreStats()
+        model.score("stem cells", passages, stats=stats)  # inside the back-off: Redis not asked
+        assert stats.pairs == len(passages)
+        assert any("shared score cache unavailable" in r.message for r in caplog.records)
+        redis_server.start()  # same port: back after retry_after_s
+        _wait(lambda: store.available(), 10, "the back-off to end")
+        model.score("red blood", passages)
+        store.flush()
+        _wait(lambda: store.written >= len(passages), 10, "writes to resume")
+        store.close()
+    finally:
+        model.close()
+
+
+def test_search_through_the_proxy_with_redis_unreachable(opensearch_url, tiny_model_dir, serve_app, index_docs):
+    settings = settings_from_dict(
+        {
+            "upstream": {"url": opensearch_url},
+            "models": {"tiny": {"path": str(tiny_model_dir), "warmup": False}},
+            "indices": [{"pattern": INDEX, "window": 6, "fields": ["title", "text"]}],
+            "shared_cache": {"url": f"redis://127.0.0.1:{_free_port()}/0", "timeout_ms": 100},
+        }
+    )
+    with serve_app(create_app(settings)) as srv:
+        for _ in range(3):
+            r = httpx.post(f"{srv.url}/{INDEX}/_search", json=SEARCH, timeout=60)
+            assert r.status_code == 200 and r.headers["x-rerank"] == "reranked"
+        r = httpx.post(f"{srv.url}/rerank", json={"query": "cells", "texts": ["a cell", "a dog"]}, timeout=60)
+        assert r.status_code == 200
+
+
+# -- two proxies behind HAProxy ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def index_docs(opensearch_url):
+    client = OpenSearch(opensearch_url, timeout=60)
+    if client.indices.exists(index=INDEX):
+        client.indices.delete(index=INDEX)
+    client.indices.create(index=INDEX, body={"settings": {"number_of_shards": 1, "number_of_replicas": 0}})
+    helpers.bulk(client, ({"_index": INDEX, "_id": str(i), "title": t, "text": x} for i, (t, x) in enumerate(DOCS)), refresh=True)
+    yield
+    client.indices.delete(index=INDEX)
+
+
+HAPROXY_CFG = """
+global
+    maxconn 256
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 60s
+    timeout server 60s
+    retries 3
+    option redispatch 1
+    retry-on conn-failure empty-response response-timeout
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend proxies
+backend proxies
+    balance roundrobin
+    option httpchk GET /_rerank/health
+    http-response set-header x-served-by %[srv_name]
+{servers}
+"""
+
+
+@pytest.fixture
+def two_proxies(tmp_path, opensearch_url, tiny_model_dir, redis_server, index_docs):
+    haproxy = shutil.which("haproxy")
+    if haproxy is None:
+        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+    config = tmp_path / "es-rerank.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "upstream": {"url": opensearch_url},
+                "models": {"tiny": {"path": str(tiny_model_dir), "warmup": False}},
+                "indices": [{"pattern": INDEX, "window": 6, "fields": ["title", "text"]}],
+                "shared_cache": {"url": redis_server.url, "ttl_s": 600},
+                "server": {"rerank_timeout": 60},
+            }
+        )
+    )
+    ports = [_free_port(), _free_port()]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    procs = {
+        f"p{i + 1}": subprocess.Popen(
+            [sys.executable, "-m", "es_rerank.cli", "--log-level", "warning", "serve", "--config", str(config), "--port", str(port)],
+            env=env,
+        )
+        for i, port in enumerate(ports)
+    }
+    front = _free_port()
+    servers = "\n".join(f"    server p{i + 1} 127.0.0.1:{p} check inter 200 fall 1 rise 1" for i, p in enumerate(ports))
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(HAPROXY_CFG.format(port=front, servers=servers))
+    balancer = subprocess.Popen([haproxy, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for port in ports:
+            _wait(lambda: httpx.get(f"http://127.0.0.1:{port}/_rerank/health", timeout=2).status_code == 200, 120, "es-rerank serve")
+        url = f"http://127.0.0.1:{front}"
+        # Both servers up in HAProxy's eyes: two answers from two names.
+        _wait(lambda: len({httpx.get(f"{url}/", timeout=5).headers.get("x-served-by") for _ in range(4)}) == 2, 30, "both proxies checked up")
+        yield url, procs
+    finally:
+        balancer.terminate()
+        balancer.wait(10)
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+def test_two_proxies_share_scores_and_survive_one_killed(two_proxies, redis_server):
+    import redis
+
+    url, procs = two_proxies
+    with httpx.Client(timeout=60) as client:
+        first = client.post(f"{url}/{INDEX}/_search", json=SEARCH)
+        assert first.status_code == 200 and first.headers["x-rerank"] == "reranked"
+        assert first.headers["x-rerank-cache-hits"] == "0"
+        scored = int(first.headers["x-rerank-pairs"])
+        assert scored >= 2
+        store = redis.Redis.from_url(redis_server.url)
+        _wait(lambda: len(store.keys("es-rerank:score:*")) >= scored, 20, "the first proxy's scores in Redis")
+        # The same search through the other proxy: every pair is a shared-cache hit.
+        for _ in range(4):
+            again = client.post(f"{url}/{INDEX}/_search", json=SEARCH)
+            if again.headers["x-served-by"] != first.headers["x-served-by"]:
+                break
+        assert again.headers["x-served-by"] != first.headers["x-served-by"]
+        assert again.headers["x-rerank-cache-hits"] == str(scored)
+        assert again.headers["x-rerank-pairs"] == "0"
+        assert [h["_id"] for h in again.json()["hits"]["hits"]] == [h["_id"] for h in first.json()["hits"]["hits"]]
+
+        # Kill one proxy outright while requests flow: HAProxy retries each on the other.
+        answers: list[int] = []
+        killed = threading.Event()
+
+        def traffic() -> None:
+            for i in range(40):
+                if i == 10:
+                    procs["p1"].kill()
+                    killed.set()
+                if i % 2:
+                    r = client.get(f"{url}/{INDEX}/_count")
+                else:
+                    r = client.post(f"{url}/{INDEX}/_search", json={**SEARCH, "query": {"match": {"text": f"cell {i}"}}})
+                answers.append(r.status_code)
+
+        worker = threading.Thread(target=traffic)
+        worker.start()
+        worker.join(300)
+        assert killed.is_set() and len(answers) == 40
+        assert answers == [200] * 40
+        tail = client.post(f"{url}/rerank", json={"query": "cells", "texts": ["a cell", "a dog"]})
+        assert tail.status_code == 200 and tail.headers["x-served-by"] == "p2"
