@@ -225,3 +225,122 @@ def test_events_endpoint_good_and_bad_batches(direct, via):
     direct.indices.refresh(index=EVENTS)
     assert direct.count(index=EVENTS)["count"] == count  # nothing of the bad batch
     assert via.get("/_rerank/ubi/events").status_code == 405
+
+
+class Forwarder:
+    """A TCP forwarder to OpenSearch on a fixed loopback port that can be taken down and
+    brought back: the node, briefly down, as the recorder's connections see it."""
+
+    def __init__(self, target_url: str) -> None:
+        import socket as _socket
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(target_url)
+        self.target = (parts.hostname, parts.port)
+        with _socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.listener = None
+        self.conns: list = []
+
+    def up(self) -> None:
+        import socket as _socket
+        import threading
+
+        self.listener = _socket.socket()
+        self.listener.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", self.port))
+        self.listener.listen(16)
+        listener = self.listener
+
+        def pipe(a, b):
+            try:
+                while data := a.recv(65536):
+                    b.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s in (a, b):
+                    try:
+                        s.close()
+                    except OSError:
+                        pass
+
+        def accept():
+            while True:
+                try:
+                    client, _ = listener.accept()
+                except OSError:
+                    return
+                server = _socket.create_connection(self.target)
+                self.conns += [client, server]
+                threading.Thread(target=pipe, args=(client, server), daemon=True).start()
+                threading.Thread(target=pipe, args=(server, client), daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+
+    def down(self) -> None:
+        import socket as _socket
+
+        try:
+            self.listener.shutdown(_socket.SHUT_RDWR)  # wakes the accept() blocked on it
+        except OSError:
+            pass
+        self.listener.close()
+        for s in self.conns:
+            try:
+                s.close()
+            except OSError:
+                pass
+        self.conns = []
+
+
+def test_recorder_through_a_node_briefly_down(direct, opensearch_url):
+    """The real aiohttp transport: documents written, dropped and counted while the
+    node cannot be reached (record() never raises), written again once it is back."""
+    import asyncio
+
+    from es_rerank.config import UpstreamSettings
+    from es_rerank.experiments.config import UbiSettings
+    from es_rerank.experiments.record import Recorder
+    from es_rerank.metrics import Metrics
+    from es_rerank.upstream import Upstream
+
+    node = Forwarder(opensearch_url)
+    node.up()
+    index = "t-abx-down-queries"
+    direct.indices.delete(index=index, ignore_unavailable=True)
+
+    async def scenario():
+        metrics = Metrics()
+        upstream = Upstream(UpstreamSettings(url=node.url, connect_timeout=1, timeout=5))
+        rec = Recorder(upstream, UbiSettings(queries_index=index, events_index=index + "-events", flush_interval_ms=20, write_timeout=2), metrics)
+        await rec.start()
+        count = lambda outcome: metrics.registry.get_sample_value(  # noqa: E731
+            "es_rerank_ubi_documents_total", {"index": index, "outcome": outcome}) or 0.0
+        rec.record_query({"query_id": "before"})
+        await rec.wait_written()
+        node.down()
+        for i in range(3):
+            rec.record_query({"query_id": f"down-{i}"})
+        while count("unavailable") < 3:
+            await rec.wait_written()
+        node.up()
+        rec.record_query({"query_id": "after"})
+        while count("written") < 2:
+            await rec.wait_written()
+        await rec.stop()
+        await upstream.aclose()
+        return count("written"), count("unavailable")
+
+    try:
+        written, unavailable = asyncio.run(scenario())
+    finally:
+        node.down()
+    assert (written, unavailable) == (2, 3)
+    direct.indices.refresh(index=index)
+    ids = sorted(h["_source"]["query_id"] for h in direct.search(index=index, body={"size": 10})["hits"]["hits"])
+    assert ids == ["after", "before"]
+    direct.indices.delete(index=index, ignore_unavailable=True)
+    direct.indices.delete(index=index + "-events", ignore_unavailable=True)

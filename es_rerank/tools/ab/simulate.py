@@ -149,7 +149,7 @@ async def _run_mode(
 
 async def simulate_async(
     *, opensearch_url: str, model_dir: Path, queries_file: Path, qrels_file: Path, index: str = "scifact",
-    window: int = 20, users: int = 1000, impressions_ab: int = 8000, impressions_il: int = 3000, page_size: int = 10,
+    window: int = 20, users: int = 1000, impressions_ab: int = 8000, impressions_il: int = 6000, page_size: int = 10,
     clicks: ClickModel = ClickModel(), seed: int = 1, concurrency: int = 4, fields: Sequence[str] = ("title", "text"),
     k: int = 5, metric: str = "rr", out_dir: Path | None = None, progress: bool = True,
     echo: Callable[[str], None] = lambda line: None,
