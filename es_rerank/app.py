@@ -49,7 +49,8 @@ async def read_body(request: Request, *, limit: int, idle_timeout: float) -> byt
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise ContentTooLongError(f"request body of {length} bytes is larger than the limit of {limit} bytes")
-    chunks, total = [], 0
+    chunks: list[bytes] = []
+    total = 0
     stream = request.stream()
     while True:
         try:
@@ -67,7 +68,12 @@ async def read_body(request: Request, *, limit: int, idle_timeout: float) -> byt
 def load_rerankers(settings: Settings) -> dict[str, Reranker]:
     """One ONNX Runtime session per configured model; with ``shared_cache``, their score
     caches backed by Redis (es_rerank/reranker/_shared_cache.py)."""
-    rerankers: dict[str, Reranker] = {name: OnnxReranker.from_settings(name, spec) for name, spec in settings.models.items()}
+    from .reranker._remote import RemoteReranker
+
+    rerankers: dict[str, Reranker] = {
+        name: RemoteReranker.from_settings(name, spec) if spec.remote is not None else OnnxReranker.from_settings(name, spec)
+        for name, spec in settings.models.items()
+    }
     if settings.shared_cache is not None:
         from .reranker._shared_cache import attach_shared_cache
 

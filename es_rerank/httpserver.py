@@ -108,7 +108,7 @@ class ProxyHttpProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.timeout_keep_alive = self.limits.idle_timeout
+        self.timeout_keep_alive = int(max(1, self.limits.idle_timeout))
         self._in_head = False
         self._in_message = False
         self._line = b""  # the start of a request line, until it ends

@@ -154,7 +154,7 @@ class Upstream:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
                     limit=self.settings.max_connections,
-                    ssl=None if self.settings.verify_certs else False,
+                    ssl=True if self.settings.verify_certs else False,
                 ),
                 timeout=self._timeout,
                 # Send only what the client sent and relay bytes as they come.
@@ -180,7 +180,7 @@ class Upstream:
         without it, byte for byte as OpenSearch sent it (for pass-through).
         """
         url = self.url_for(raw_path, query)
-        options = {"timeout": aiohttp.ClientTimeout(total=timeout, sock_connect=timeout)} if timeout else {}
+        request_timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=timeout) if timeout else self._timeout
         try:
             async with self._get_session().request(
                 method,
@@ -188,7 +188,7 @@ class Upstream:
                 headers=headers,
                 data=content or None,
                 allow_redirects=False,
-                **options,
+                timeout=request_timeout,
             ) as response:
                 status = response.status
                 body = await response.read()
@@ -234,7 +234,7 @@ class Upstream:
             path = "/" + path
         return URL.build(
             scheme=self._scheme,
-            host=self._host,
+            host=self._host or "",
             port=self._port,
             path=self._base_path + path,
             query_string=query.decode("latin-1"),
