@@ -5,13 +5,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..config import Settings, settings_from_dict
 from ..errors import RerankError
 
-__all__ = ["run_demo", "demo_settings", "demo_config", "write_demo_config", "when_serving", "prepare_demo_index", "repo_root", "DEMO_CONFIG"]
+__all__ = [
+    "run_demo",
+    "demo_settings",
+    "demo_config",
+    "write_demo_config",
+    "when_serving",
+    "prepare_demo_index",
+    "repo_root",
+    "DEMO_CONFIG",
+]
 
 logger = logging.getLogger("es_rerank")
 
@@ -46,7 +55,6 @@ def demo_settings(
 def write_demo_config(path: Path, config: dict) -> Path:
     """Write the config the demo serves, so ``serve``, ``eval`` and ``plan`` can be given the same."""
     import yaml
-
 
     path = Path(path)
     text = (
@@ -145,6 +153,8 @@ def run_demo(
             raise RerankError(f"port {port} is taken: pass another --port") from None
     if opensearch_url is None:
         status = LocalOpenSearch(port=opensearch_port, on_progress=echo).start()
+        if status.url is None:  # start() returns a running node, whose status has its URL
+            raise RerankError("the local OpenSearch started but gave no URL")
         upstream, where = status.url, f"OpenSearch {status.version} at {status.url}"
     else:
         upstream, where = opensearch_url.rstrip("/"), f"OpenSearch at {opensearch_url}"
@@ -176,5 +186,6 @@ def _banner(
         f"Try the same query direct and through es-rerank:\n"
         f"  curl -s -H 'content-type: application/json' '{upstream}/{index}/_search?pretty' -d '{query}'\n"
         f"  curl -s -H 'content-type: application/json' '{proxy}/{index}/_search?pretty' -d '{query}'\n"
+        f"Or side by side in a browser: {proxy}/_rerank/ui/?index={index}\n"
         f"Measure it: es-rerank eval --config {written} --index {index} ...  (see README)\n{stop}\n"
     )
