@@ -18,16 +18,59 @@ from ._common import _fail, load_checked_settings
 
 
 @click.command("eval")
-@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False, path_type=Path), help="YAML config: evaluate in-process, through the same code the server runs")
-@click.option("--proxy", "proxy_url", default=None, metavar="URL", help="URL of a running es-rerank (black-box; needs --upstream)")
-@click.option("--upstream", "upstream_url", default=None, metavar="URL", help="OpenSearch URL for the first stage [default with --config: upstream.url]")
+@click.option(
+    "--config",
+    "config_file",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="YAML config: evaluate in-process, through the same code the server runs",
+)
+@click.option(
+    "--proxy", "proxy_url", default=None, metavar="URL", help="URL of a running es-rerank (black-box; needs --upstream)"
+)
+@click.option(
+    "--upstream",
+    "upstream_url",
+    default=None,
+    metavar="URL",
+    help="OpenSearch URL for the first stage [default with --config: upstream.url]",
+)
 @click.option("--index", "index", required=True, metavar="NAME", help="index name")
-@click.option("--queries", "queries_file", required=True, type=click.Path(dir_okay=False, path_type=Path), help="BEIR queries.jsonl")
-@click.option("--qrels", "qrels_file", required=True, type=click.Path(dir_okay=False, path_type=Path), help="BEIR qrels .tsv (with header)")
+@click.option(
+    "--queries",
+    "queries_file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="BEIR queries.jsonl",
+)
+@click.option(
+    "--qrels",
+    "qrels_file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="BEIR qrels .tsv (with header)",
+)
 @click.option("--k", "ks", default="10,20,50,100", metavar="K,...", help="window sizes K to evaluate, comma-separated")
-@click.option("--out", "out_dir", default="out/eval", type=click.Path(file_okay=False, path_type=Path), help="folder for results.json, table.txt and the plot")
-@click.option("--fields", default="title,text", metavar="FIELD,...", help="fields of the default first-stage query (black-box mode; with --config: the index's fields)")
-@click.option("--rerank-timeout", default=None, type=float, metavar="SECONDS", help="override server.rerank_timeout (in-process) so a slow CPU is measured, not cut off")
+@click.option(
+    "--out",
+    "out_dir",
+    default="out/eval",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="folder for results.json, table.txt and the plot",
+)
+@click.option(
+    "--fields",
+    default="title,text",
+    metavar="FIELD,...",
+    help="fields of the default first-stage query (black-box mode; with --config: the index's fields)",
+)
+@click.option(
+    "--rerank-timeout",
+    default=None,
+    type=float,
+    metavar="SECONDS",
+    help="override server.rerank_timeout (in-process) so a slow CPU is measured, not cut off",
+)
 @click.option("--progress/--no-progress", default=True, help="a progress bar per K on stderr")
 def eval_command(
     config_file: Path | None,
@@ -45,7 +88,9 @@ def eval_command(
     """Measure NDCG@10, MRR@10, Recall and the rerank stage's latency for each K on BEIR data."""
     try:
         if (config_file is None) == (proxy_url is None):
-            raise EvaluationError("give either --config FILE (in-process) or --proxy URL with --upstream URL (black-box)")
+            raise EvaluationError(
+                "give either --config FILE (in-process) or --proxy URL with --upstream URL (black-box)"
+            )
         if proxy_url is not None and not upstream_url:
             raise EvaluationError("--proxy needs --upstream URL: the first stage is sent to OpenSearch directly")
         k_list = parse_ks(ks)

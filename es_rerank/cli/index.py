@@ -14,8 +14,18 @@ from ._common import _fail
 @click.command()
 @click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--index", "index", required=True, help="index name")
-@click.option("--corpus", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path), help="BEIR corpus.jsonl(.gz)")
-@click.option("--mapping", default=None, type=click.Path(dir_okay=False, exists=True, path_type=Path), help="index body JSON, e.g. mappings/scifact.json")
+@click.option(
+    "--corpus",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="BEIR corpus.jsonl(.gz)",
+)
+@click.option(
+    "--mapping",
+    default=None,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="index body JSON, e.g. mappings/scifact.json",
+)
 @click.option("--recreate", is_flag=True, help="delete the index first")
 def index(config_file: Path, index: str, corpus: Path, mapping: Path | None, recreate: bool) -> None:
     """Bulk-load a BEIR corpus into OpenSearch (the config's upstream)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import cast
 
 import click
 
@@ -29,22 +30,47 @@ def model() -> None:
 @model.command("pull")
 @click.argument("repo_id")
 @click.option("--revision", default="main", help="branch, tag or commit of the repository")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="model directory to write [default: models/<owner>--<name>]")
-@click.option("--onnx-file", default=None, help="ONNX file in the repository [default: onnx/model.onnx, then model.onnx]")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Hugging Face cache [default: HF_HUB_CACHE]")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="model directory to write [default: models/<owner>--<name>]",
+)
+@click.option(
+    "--onnx-file", default=None, help="ONNX file in the repository [default: onnx/model.onnx, then model.onnx]"
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Hugging Face cache [default: HF_HUB_CACHE]",
+)
 @click.option("--endpoint", default=None, help="Hub URL [default: HF_ENDPOINT or https://huggingface.co]")
 @click.option("--token", default=None, help="Hub token [default: HF_TOKEN or the saved login]")
 @click.option("--force", is_flag=True, help="replace a model already in the directory")
-def pull_command(repo_id: str, revision: str, out_dir: Path | None, onnx_file: str | None,
-                 cache_dir: Path | None, endpoint: str | None, token: str | None, force: bool) -> None:
-    """Fetch REPO_ID's ONNX file and tokenizer.json from the Hugging Face Hub."""  # fmt: skip
+def pull_command(
+    repo_id: str,
+    revision: str,
+    out_dir: Path | None,
+    onnx_file: str | None,
+    cache_dir: Path | None,
+    endpoint: str | None,
+    token: str | None,
+    force: bool,
+) -> None:
+    """Fetch REPO_ID's ONNX file and tokenizer.json from the Hugging Face Hub."""
     try:
         result = pull_model(
-            repo_id, revision=revision, out_dir=out_dir, onnx_file=onnx_file,
-            cache_dir=cache_dir, endpoint=endpoint, token=token, force=force,
-        )  # fmt: skip
+            repo_id,
+            revision=revision,
+            out_dir=out_dir,
+            onnx_file=onnx_file,
+            cache_dir=cache_dir,
+            endpoint=endpoint,
+            token=token,
+            force=force,
+        )
     except RerankError as exc:
         _fail(exc)
     c = result.config
@@ -86,14 +112,19 @@ def export_command(hf_dir: Path, out_dir: Path, opset: int, atol: float, force: 
 @click.option("--model-type", default="bert", help="ONNX Runtime optimiser model type")
 @click.option("--num-heads", default=None, type=int, help="attention heads [default: config.json or the graph]")
 @click.option("--hidden-size", default=None, type=int, help="hidden size [default: config.json or the graph]")
-def optimize_command(model_dir: Path, fp16: bool, onnx_file: str | None, model_type: str,
-                     num_heads: int | None, hidden_size: int | None) -> None:
-    """ONNX Runtime transformer fusions: writes model.opt.onnx (and model.fp16.onnx)."""  # fmt: skip
+def optimize_command(
+    model_dir: Path, fp16: bool, onnx_file: str | None, model_type: str, num_heads: int | None, hidden_size: int | None
+) -> None:
+    """ONNX Runtime transformer fusions: writes model.opt.onnx (and model.fp16.onnx)."""
     try:
         result = optimize_model(
-            model_dir, onnx_file=onnx_file, fp16=fp16, model_type=model_type,
-            num_heads=num_heads, hidden_size=hidden_size,
-        )  # fmt: skip
+            model_dir,
+            onnx_file=onnx_file,
+            fp16=fp16,
+            model_type=model_type,
+            num_heads=num_heads,
+            hidden_size=hidden_size,
+        )
     except RerankError as exc:
         _fail(exc)
     fused = ", ".join(f"{k} {v}" for k, v in sorted(result.fused_ops.items())) or "none"
@@ -112,24 +143,55 @@ def optimize_command(model_dir: Path, fp16: bool, onnx_file: str | None, model_t
 @click.option("--mode", default="dynamic", type=click.Choice(["dynamic"]), help="quantisation method")
 @click.option("--onnx-file", default=None, help="ONNX file to quantise [default: the directory's]")
 # The defaults are es-rerank's measured recipe (reranker.quantize.INT8_RECIPE).
-@click.option("--per-channel/--per-tensor", default=INT8_RECIPE["per_channel"], show_default=True, help="one weight scale per output channel, or one per tensor")
+@click.option(
+    "--per-channel/--per-tensor",
+    default=INT8_RECIPE["per_channel"],
+    show_default=True,
+    help="one weight scale per output channel, or one per tensor",
+)
 @click.option("--reduce-range", is_flag=True, help="7-bit weights (for CPUs without VNNI)")
-@click.option("--fusions-first/--no-fusions", default=INT8_RECIPE["fuse"], show_default=True, help="apply transformer fusions before quantising")
+@click.option(
+    "--fusions-first/--no-fusions",
+    default=INT8_RECIPE["fuse"],
+    show_default=True,
+    help="apply transformer fusions before quantising",
+)
 @click.option("--preprocess", is_flag=True, help="run ONNX Runtime's quant_pre_process first")
-@click.option("--op-types", default=",".join(INT8_RECIPE["op_types"]), show_default=True, help="comma-separated operator types to quantise; 'all' = every one ONNX Runtime can")
+@click.option(
+    "--op-types",
+    default=",".join(cast("list[str]", INT8_RECIPE["op_types"])),
+    show_default=True,
+    help="comma-separated operator types to quantise; 'all' = every one ONNX Runtime can",
+)
 @click.option("--weight-type", default="qint8", type=click.Choice(["qint8", "quint8"]))
 @click.option("--output", default="model.int8.onnx", help="file name written in MODEL_DIR")
-def quantize_command(model_dir: Path, mode: str, onnx_file: str | None, per_channel: bool, reduce_range: bool,
-                     fusions_first: bool, preprocess: bool, op_types: str | None, weight_type: str,
-                     output: str) -> None:
-    """int8 quantisation for CPU: writes model.int8.onnx."""  # fmt: skip
+def quantize_command(
+    model_dir: Path,
+    mode: str,
+    onnx_file: str | None,
+    per_channel: bool,
+    reduce_range: bool,
+    fusions_first: bool,
+    preprocess: bool,
+    op_types: str | None,
+    weight_type: str,
+    output: str,
+) -> None:
+    """int8 quantisation for CPU: writes model.int8.onnx."""
     types = [t.strip() for t in op_types.split(",") if t.strip()] if op_types and op_types != "all" else None
     try:
         result = quantize_model(
-            model_dir, mode=mode, onnx_file=onnx_file, per_channel=per_channel,  # type: ignore[arg-type]
-            reduce_range=reduce_range, fusions_first=fusions_first, preprocess=preprocess, op_types=types,
-            weight_type=weight_type, output=output,  # type: ignore[arg-type]
-        )  # fmt: skip
+            model_dir,
+            mode=mode,  # type: ignore[arg-type]  # click.Choice: one of the Literal's values
+            onnx_file=onnx_file,
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            fusions_first=fusions_first,
+            preprocess=preprocess,
+            op_types=types,
+            weight_type=weight_type,  # type: ignore[arg-type]  # click.Choice, as above
+            output=output,
+        )
     except RerankError as exc:
         _fail(exc)
     click.echo(
@@ -140,17 +202,31 @@ def quantize_command(model_dir: Path, mode: str, onnx_file: str | None, per_chan
 
 @model.command("check")
 @click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--reference", type=click.Path(path_type=Path), default=None,
-              help="model directory or ONNX file to compare scores with")
+@click.option(
+    "--reference",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="model directory or ONNX file to compare scores with",
+)
 @click.option("--onnx-file", default=None, help="ONNX file in MODEL_DIR [default: the directory's]")
-@click.option("--provider", "providers", multiple=True, default=("auto",),
-              help="ONNX Runtime provider(s), in order (auto, cpu, cuda...)")
+@click.option(
+    "--provider",
+    "providers",
+    multiple=True,
+    default=("auto",),
+    help="ONNX Runtime provider(s), in order (auto, cpu, cuda...)",
+)
 @click.option("--repeats", default=5, type=click.IntRange(min=1), help="timed runs after one warm-up")
-@click.option("--tolerance", default=None, type=float,
-              help="exit non-zero when max |diff| to the reference is larger")
-def check_command(model_dir: Path, reference: Path | None, onnx_file: str | None, providers: tuple[str, ...],
-                  repeats: int, tolerance: float | None) -> None:
-    """Load MODEL_DIR as the proxy does, score built-in pairs, report provider, latency and drift."""  # fmt: skip
+@click.option("--tolerance", default=None, type=float, help="exit non-zero when max |diff| to the reference is larger")
+def check_command(
+    model_dir: Path,
+    reference: Path | None,
+    onnx_file: str | None,
+    providers: tuple[str, ...],
+    repeats: int,
+    tolerance: float | None,
+) -> None:
+    """Load MODEL_DIR as the proxy does, score built-in pairs, report provider, latency and drift."""
     try:
         result = check_model(model_dir, onnx_file=onnx_file, reference=reference, providers=providers, repeats=repeats)
     except RerankError as exc:

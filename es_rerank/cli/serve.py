@@ -12,7 +12,9 @@ from ._common import _fail
 
 
 @click.command()
-@click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False, path_type=Path), help="YAML config")
+@click.option(
+    "--config", "config_file", required=True, type=click.Path(dir_okay=False, path_type=Path), help="YAML config"
+)
 @click.option("--host", default=None, help="bind address [default: server.host of the config]")
 @click.option("--port", default=None, type=int, help="port [default: server.port of the config]")
 @click.pass_context

@@ -252,10 +252,8 @@ def beir_files(directory: str | Path, split: str = "dev") -> BeirFiles:
     (or qrels-<split>.tsv), corpus.jsonl (or corpus.jsonl.gz)."""
     directory = Path(directory)
     queries = _find(directory, [f"queries-{split}.jsonl", "queries.jsonl"], "queries file")
-    qrels: Path | None = directory / "qrels" / f"{split}.tsv"
-    if not qrels.is_file():
-        flat = directory / f"qrels-{split}.tsv"
-        qrels = flat if flat.is_file() else None
+    nested, flat = directory / "qrels" / f"{split}.tsv", directory / f"qrels-{split}.tsv"
+    qrels = nested if nested.is_file() else flat if flat.is_file() else None
     corpus = _find(directory, ["corpus.jsonl", "corpus.jsonl.gz"], "corpus file")
     return BeirFiles(corpus=corpus, queries=queries, qrels=qrels)
 

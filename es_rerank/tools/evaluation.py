@@ -31,9 +31,10 @@ import json
 import math
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
@@ -140,7 +141,9 @@ def first_stage_body(template: Mapping[str, Any], text: str, *, size: int) -> di
     so no escaping is needed; the template is not mutated.
     """
     if not _has_placeholder(template):
-        raise EvaluationError(f"first_stage_query has no {QUERY_PLACEHOLDER} for the query text: {json.dumps(template)}")
+        raise EvaluationError(
+            f"first_stage_query has no {QUERY_PLACEHOLDER} for the query text: {json.dumps(template)}"
+        )
     filled = _fill(dict(template), text)
     body = filled if "query" in filled else {"query": filled}
     body["size"] = size
@@ -309,9 +312,8 @@ def format_table(result: EvalResult) -> str:
             parts.append(head[a][0].center(span) if b - a > 1 else head[a][0].rjust(span))
         return sep.join(parts)
 
-    title = (
-        f"index [{result.index}], {result.queries} queries ({result.mode}: {result.target})"
-        + (f", model {result.model}" if result.model else "")
+    title = f"index [{result.index}], {result.queries} queries ({result.mode}: {result.target})" + (
+        f", model {result.model}" if result.model else ""
     )
     rule = "-" * len(line(rows[0] if rows else [""] * len(head)))
     out = [title, group_line(), line([h[1] for h in head]), rule]
@@ -344,7 +346,9 @@ def plot_results(result: EvalResult, path: str | Path) -> Path:
     fig = Figure(figsize=(7, 4.2), dpi=120)
     ax = fig.add_subplot()
     ax.plot(ks, [r.reranked["ndcg@10"] for r in result.results], "o-", color="tab:blue", label="reranked NDCG@10")
-    ax.plot(ks, [r.first_stage["ndcg@10"] for r in result.results], "s--", color="tab:gray", label="first stage NDCG@10")
+    ax.plot(
+        ks, [r.first_stage["ndcg@10"] for r in result.results], "s--", color="tab:gray", label="first stage NDCG@10"
+    )
     ax.set_xlabel("K (first-stage hits reranked)")
     ax.set_ylabel("NDCG@10")
     if len(ks) > 1 and ks[-1] / ks[0] >= 4:
@@ -360,7 +364,9 @@ def plot_results(result: EvalResult, path: str | Path) -> Path:
     ax2.set_ylim(bottom=0)
     lines = ax.get_lines() + ax2.get_lines()
     ax.legend(lines, [str(ln.get_label()) for ln in lines], loc="upper left", fontsize=8)
-    ax.set_title(f"[{result.index}] {result.queries} queries" + (f", model {result.model}" if result.model else ""), fontsize=10)
+    ax.set_title(
+        f"[{result.index}] {result.queries} queries" + (f", model {result.model}" if result.model else ""), fontsize=10
+    )
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
@@ -412,7 +418,7 @@ async def evaluate_async(
     upstream_url: str | None = None,
     first_stage_query: Mapping[str, Any] | None = None,
     fields: Sequence[str] = ("title", "text"),
-    app: "RerankProxy | None" = None,
+    app: RerankProxy | None = None,
     timeout: float = 300.0,
     progress: bool = False,
     target_name: str | None = None,
@@ -479,8 +485,10 @@ async def evaluate_async(
     limits = httpx.Timeout(timeout, connect=10.0)
     started = time.perf_counter()
     results: list[KResult] = []
-    async with httpx.AsyncClient(base_url=upstream.rstrip("/"), auth=auth, verify=verify, timeout=limits) as direct, \
-            httpx.AsyncClient(transport=transport, base_url=proxy_base, auth=auth, timeout=limits) as proxy:
+    async with (
+        httpx.AsyncClient(base_url=upstream.rstrip("/"), auth=auth, verify=verify, timeout=limits) as direct,
+        httpx.AsyncClient(transport=transport, base_url=proxy_base, auth=auth, timeout=limits) as proxy,
+    ):
         try:
             await _preflight(direct, proxy, path, template, data, ks, upstream, proxy_url or "the proxy")
             for k in ks:
@@ -525,7 +533,10 @@ async def _preflight(direct, proxy, path, template, data: EvalData, ks, upstream
     max_window) and then pass the search through, so nothing is scored.
     """
     text = next(iter(data.queries.values()))
-    _hits(await _post(direct, path, first_stage_body(template, text, size=1), f"OpenSearch at {upstream_url}"), f"OpenSearch at {upstream_url}")
+    _hits(
+        await _post(direct, path, first_stage_body(template, text, size=1), f"OpenSearch at {upstream_url}"),
+        f"OpenSearch at {upstream_url}",
+    )
     for k in ks:
         body = first_stage_body(template, text, size=0)
         body["ext"] = {"rerank": {"window_size": k}}
@@ -533,8 +544,15 @@ async def _preflight(direct, proxy, path, template, data: EvalData, ks, upstream
 
 
 async def _run_k(
-    direct, proxy, path, template, data: EvalData, k: int, progress: bool,
-    concurrency: int = 1, on_query: Callable[[], None] | None = None,
+    direct,
+    proxy,
+    path,
+    template,
+    data: EvalData,
+    k: int,
+    progress: bool,
+    concurrency: int = 1,
+    on_query: Callable[[], None] | None = None,
 ) -> KResult:
     from tqdm import tqdm
 

@@ -96,7 +96,7 @@ def _count_lines(path: Path) -> int | None:
 
 def _reason(item: dict[str, Any]) -> str:
     """One failed bulk item -> ``id: type: reason``."""
-    result = next(iter(item.values()), {}) if item else {}
+    result: dict[str, Any] = next(iter(item.values()), {}) if item else {}
     error = result.get("error", result)
     if isinstance(error, dict):
         what = f"{error.get('type', 'error')}: {error.get('reason', error)}"
@@ -105,9 +105,7 @@ def _reason(item: dict[str, Any]) -> str:
     return f"{result.get('_id', '?')}: {what}"
 
 
-def _create_index(
-    client: opensearchpy.OpenSearch, index: str, body: dict[str, Any], recreate: bool
-) -> None:
+def _create_index(client: opensearchpy.OpenSearch, index: str, body: dict[str, Any], recreate: bool) -> None:
     try:
         if recreate:
             client.indices.delete(index=index, ignore_unavailable=True)
@@ -174,9 +172,7 @@ def index_corpus(
     errors: list[str] = []
     total = _count_lines(corpus) if progress else None
     try:
-        with tqdm(
-            total=total, unit="doc", desc=f"indexing {index}", disable=not progress
-        ) as bar:
+        with tqdm(total=total, unit="doc", desc=f"indexing {index}", disable=not progress) as bar:
             for ok, item in streaming_bulk(
                 client,
                 actions,
@@ -197,8 +193,7 @@ def index_corpus(
         raise UpstreamUnavailableError(f"OpenSearch cannot be reached: {e}") from e
     except TransportError as e:
         raise ToolError(
-            f"indexing {corpus} into {index!r} failed after {indexed} documents:"
-            f" {e.error}: {_info_reason(e)}"
+            f"indexing {corpus} into {index!r} failed after {indexed} documents: {e.error}: {_info_reason(e)}"
         ) from e
 
     if failed:

@@ -39,9 +39,10 @@ import subprocess
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Literal
 
 import httpx
 
@@ -165,16 +166,12 @@ class LocalOpenSearch:
         on_progress: Callable[[str], None] | None = None,
     ) -> None:
         if distribution not in _FLAVORS:
-            raise LocalNodeError(
-                f"unknown distribution {distribution!r}: use 'opensearch' or 'elasticsearch'"
-            )
+            raise LocalNodeError(f"unknown distribution {distribution!r}: use 'opensearch' or 'elasticsearch'")
         if version is None:
             is_os = distribution == "opensearch"
             version = DEFAULT_VERSION if is_os else DEFAULT_ELASTICSEARCH_VERSION
         if not _SAFE_VERSION.match(version):
-            raise LocalNodeError(
-                f"invalid version {version!r}: expected something like {DEFAULT_VERSION}"
-            )
+            raise LocalNodeError(f"invalid version {version!r}: expected something like {DEFAULT_VERSION}")
         if transport_port is None:
             transport_port = port + 100  # 9200 -> 9300, as OpenSearch pairs them
         for value in (port, transport_port):
@@ -290,8 +287,13 @@ class LocalOpenSearch:
         try:
             done = subprocess.run(
                 [
-                    mvn, "-B", "-q", "-Dstyle.color=never", "dependency:copy",
-                    f"-Dartifact={artifact}", f"-DoutputDirectory={into}",
+                    mvn,
+                    "-B",
+                    "-q",
+                    "-Dstyle.color=never",
+                    "dependency:copy",
+                    f"-Dartifact={artifact}",
+                    f"-DoutputDirectory={into}",
                 ],
                 # A pom.xml in the caller's directory would change what Maven does.
                 cwd=into,
@@ -358,9 +360,7 @@ class LocalOpenSearch:
             self._check_ports_free()
             java_home = find_java(self.distribution, self.version)
             home = self.fetch()
-            self._progress(
-                f"Starting {self._flavor.name} {self.version} on {self.url} (Java: {java_home})"
-            )
+            self._progress(f"Starting {self._flavor.name} {self.version} on {self.url} (Java: {java_home})")
             proc = self._launch(home, java_home)
             try:
                 self._wait_ready(proc.pid, timeout)
@@ -368,9 +368,7 @@ class LocalOpenSearch:
                 self._kill(proc.pid, grace=10)
                 _unlink(self.pid_file)
                 raise
-            self._progress(
-                f"{self._flavor.name} {self.version} is up on {self.url} (pid {proc.pid})"
-            )
+            self._progress(f"{self._flavor.name} {self.version} is up on {self.url} (pid {proc.pid})")
             return self.status()
 
     def _check_ports_free(self) -> None:
@@ -686,7 +684,7 @@ def _make_readable_dirs(root: Path, leaf: Path) -> None:
 
 def _make_readable(tree: Path) -> None:
     """The unpacked distribution is read by the node's user: a+r, and a+x on dirs."""
-    for dirpath, dirnames, filenames in os.walk(tree):
+    for dirpath, _dirnames, filenames in os.walk(tree):
         os.chmod(dirpath, stat.S_IMODE(os.stat(dirpath).st_mode) | 0o555)
         for name in filenames:
             path = os.path.join(dirpath, name)
@@ -742,9 +740,7 @@ def _ready(client: httpx.Client, url: str) -> bool:
     try:
         if client.get(url + "/").status_code != 200:
             return False
-        health = client.get(
-            url + "/_cluster/health", params={"wait_for_status": "yellow", "timeout": "2s"}
-        )
+        health = client.get(url + "/_cluster/health", params={"wait_for_status": "yellow", "timeout": "2s"})
         return health.status_code == 200 and health.json().get("status") in ("yellow", "green")
     except (httpx.HTTPError, ValueError):
         return False

@@ -16,9 +16,10 @@ import asyncio
 import json
 import math
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..config import IndexSettings, Settings
 from ..errors import EvaluationError, RerankError
@@ -38,7 +39,6 @@ __all__ = [
     "format_plan_table",
     "plot_plan",
     "write_plan_outputs",
-    "plan_command",
 ]
 
 
@@ -134,9 +134,13 @@ def _fallback_for(best: PlanCell | None, cells: Sequence[PlanCell]) -> PlanCell 
     if best is None:
         return None
     cheaper = [
-        c for c in cells
-        if c.model != best.model and c.k == best.k and c.max_tokens == best.max_tokens
-        and c.not_reranked == 0 and c.p95_ms < best.p95_ms
+        c
+        for c in cells
+        if c.model != best.model
+        and c.k == best.k
+        and c.max_tokens == best.max_tokens
+        and c.not_reranked == 0
+        and c.p95_ms < best.p95_ms
     ]
     return max(cheaper, key=lambda c: c.ndcg10, default=None)
 
@@ -148,7 +152,12 @@ def config_block(result: PlanResult) -> str:
     best = result.best
     if best is None:
         raise EvaluationError(f"no configuration meets p95 <= {result.budget_p95_ms:g} ms")
-    entry: dict[str, Any] = {"pattern": result.pattern, "model": best.model, "window": best.k, "max_tokens": best.max_tokens}
+    entry: dict[str, Any] = {
+        "pattern": result.pattern,
+        "model": best.model,
+        "window": best.k,
+        "max_tokens": best.max_tokens,
+    }
     steps = ["shrink_window", "first_stage"]
     if result.fallback is not None:
         entry["fallback_model"] = result.fallback.model
@@ -224,7 +233,9 @@ async def plan_async(
     names = list(models) if models else list(settings.models)
     unknown = [m for m in names if m not in settings.models]
     if unknown:
-        raise EvaluationError(f"model(s) {', '.join(unknown)} not in the config's models ({', '.join(settings.models)})")
+        raise EvaluationError(
+            f"model(s) {', '.join(unknown)} not in the config's models ({', '.join(settings.models)})"
+        )
     # A hopeless cell is cut off at a few times the budget rather than left to run.
     timeout = rerank_timeout if rerank_timeout is not None else max(3 * budget_p95_ms / 1000, 1.0)
     server = settings.server.model_copy(update={"rerank_timeout": timeout})
@@ -251,8 +262,14 @@ async def plan_async(
     for line in skipped:
         if echo is not None:
             echo(f"skipped: {line}")
-    bar = tqdm(total=len(grid) * len(ks) * len(data.queries), desc="plan", unit="q", disable=not progress,
-               mininterval=1.0, file=sys.stderr)
+    bar = tqdm(
+        total=len(grid) * len(ks) * len(data.queries),
+        desc="plan",
+        unit="q",
+        disable=not progress,
+        mininterval=1.0,
+        file=sys.stderr,
+    )
     try:
         for name, tokens in grid:
             bar.set_description(f"{name} max_tokens {tokens}")
@@ -263,18 +280,32 @@ async def plan_async(
                 # pools and allocations at this width, which is no cost of the setting.
                 await evaluate_async(limit_queries(data, 1), index=index, ks=[min(ks)], settings=cell_settings, app=app)
                 result = await evaluate_async(
-                    data, index=index, ks=ks, settings=cell_settings, app=app,
-                    concurrency=concurrency, on_query=lambda: bar.update(1),
+                    data,
+                    index=index,
+                    ks=ks,
+                    settings=cell_settings,
+                    app=app,
+                    concurrency=concurrency,
+                    on_query=lambda: bar.update(1),
                 )
             finally:
                 await app.upstream.aclose()
             for r in result.results:
                 cells.append(
                     PlanCell(
-                        model=name, max_tokens=tokens, k=r.k, ndcg10=r.reranked["ndcg@10"],
-                        first_stage_ndcg10=r.first_stage["ndcg@10"], recall_k=r.first_stage[f"recall@{r.k}"],
-                        p50_ms=r.rerank_p50_ms, p95_ms=r.rerank_p95_ms, pairs_per_s=r.pairs_per_s, pairs=r.pairs,
-                        reranked=r.reranked_count, not_reranked=r.fallbacks, outcomes=dict(r.outcomes),
+                        model=name,
+                        max_tokens=tokens,
+                        k=r.k,
+                        ndcg10=r.reranked["ndcg@10"],
+                        first_stage_ndcg10=r.first_stage["ndcg@10"],
+                        recall_k=r.first_stage[f"recall@{r.k}"],
+                        p50_ms=r.rerank_p50_ms,
+                        p95_ms=r.rerank_p95_ms,
+                        pairs_per_s=r.pairs_per_s,
+                        pairs=r.pairs,
+                        reranked=r.reranked_count,
+                        not_reranked=r.fallbacks,
+                        outcomes=dict(r.outcomes),
                     )
                 )
     finally:
@@ -285,9 +316,18 @@ async def plan_async(
                 close()
     best = best_within(cells, budget_p95_ms)
     return PlanResult(
-        index=index, pattern=spec.pattern, budget_p95_ms=budget_p95_ms, concurrency=concurrency, queries=len(data.queries),
-        rerank_timeout=timeout, cells=cells, frontier=pareto_frontier(cells), best=best,
-        fallback=_fallback_for(best, cells), skipped=skipped, seconds=time.perf_counter() - started,
+        index=index,
+        pattern=spec.pattern,
+        budget_p95_ms=budget_p95_ms,
+        concurrency=concurrency,
+        queries=len(data.queries),
+        rerank_timeout=timeout,
+        cells=cells,
+        frontier=pareto_frontier(cells),
+        best=best,
+        fallback=_fallback_for(best, cells),
+        skipped=skipped,
+        seconds=time.perf_counter() - started,
     )
 
 
@@ -319,12 +359,27 @@ def format_plan_table(result: PlanResult) -> str:
             marks.append("best")
         elif c.within(result.budget_p95_ms):
             marks.append("ok")
-        rows.append([c.model, str(c.max_tokens), str(c.k), _fmt(c.ndcg10, 4), _fmt(c.recall_k, 4), _fmt(c.p50_ms, 1),
-                     _fmt(c.p95_ms, 1), _fmt(c.pairs_per_s, 1), str(c.not_reranked), " ".join(marks)])
+        rows.append(
+            [
+                c.model,
+                str(c.max_tokens),
+                str(c.k),
+                _fmt(c.ndcg10, 4),
+                _fmt(c.recall_k, 4),
+                _fmt(c.p50_ms, 1),
+                _fmt(c.p95_ms, 1),
+                _fmt(c.pairs_per_s, 1),
+                str(c.not_reranked),
+                " ".join(marks),
+            ]
+        )
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(cell.ljust(w) if i in (0, len(head) - 1) else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            cell.ljust(w) if i in (0, len(head) - 1) else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(cells, widths))
+        ).rstrip()
 
     first_stage = result.cells[0].first_stage_ndcg10 if result.cells else math.nan
     out = [
@@ -354,18 +409,38 @@ def plot_plan(result: PlanResult, path: str | Path) -> Path:
     for c in result.cells:
         if math.isnan(c.p95_ms):
             continue
-        ax.scatter(c.p95_ms, c.ndcg10, marker=markers[models.index(c.model) % len(markers)],
-                   color=colours[tokens.index(c.max_tokens) % len(colours)], s=36, zorder=3)
+        ax.scatter(
+            c.p95_ms,
+            c.ndcg10,
+            marker=markers[models.index(c.model) % len(markers)],
+            color=colours[tokens.index(c.max_tokens) % len(colours)],
+            s=36,
+            zorder=3,
+        )
         ax.annotate(f"K={c.k}", (c.p95_ms, c.ndcg10), textcoords="offset points", xytext=(4, 3), fontsize=7)
     if result.frontier:
-        ax.plot([c.p95_ms for c in result.frontier], [c.ndcg10 for c in result.frontier], "-", color="black",
-                alpha=0.5, label="Pareto frontier", zorder=2)
+        ax.plot(
+            [c.p95_ms for c in result.frontier],
+            [c.ndcg10 for c in result.frontier],
+            "-",
+            color="black",
+            alpha=0.5,
+            label="Pareto frontier",
+            zorder=2,
+        )
     ax.axvline(result.budget_p95_ms, color="tab:red", linestyle=":", label=f"budget p95 {result.budget_p95_ms:g} ms")
     if result.cells:
         ax.axhline(result.cells[0].first_stage_ndcg10, color="tab:gray", linestyle="--", label="first stage NDCG@10")
     if result.best is not None:
-        ax.scatter(result.best.p95_ms, result.best.ndcg10, s=160, facecolors="none", edgecolors="tab:red",
-                   label="best within budget", zorder=4)
+        ax.scatter(
+            result.best.p95_ms,
+            result.best.ndcg10,
+            s=160,
+            facecolors="none",
+            edgecolors="tab:red",
+            label="best within budget",
+            zorder=4,
+        )
     for i, t in enumerate(tokens):  # legend entries for the colours and markers
         ax.scatter([], [], color=colours[i % len(colours)], marker="o", label=f"max_tokens {t}")
     if len(models) > 1:

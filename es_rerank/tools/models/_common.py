@@ -1,4 +1,5 @@
-"""What the model tools share: file names, built-in check pairs, dependency imports, reading a model directory, loading and comparing."""
+"""What the model tools share: file names, built-in check pairs, dependency imports,
+reading a model directory, loading and comparing."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -52,15 +54,27 @@ MAX_LENGTH_CAP = 512
 # Built-in (query, passage) pairs for `check` and for comparing a model with its variants:
 # short, on-topic and off-topic, one empty passage and one that the tokenizer must truncate.
 CHECK_PAIRS: tuple[tuple[str, str], ...] = (
-    ("vitamin d deficiency and multiple sclerosis", "Vitamin D deficiency raises the risk of multiple sclerosis in young adults."),
+    (
+        "vitamin d deficiency and multiple sclerosis",
+        "Vitamin D deficiency raises the risk of multiple sclerosis in young adults.",
+    ),
     ("vitamin d deficiency and multiple sclerosis", "Football clubs spent record sums on transfers this summer."),
-    ("vitamin d deficiency and multiple sclerosis", "multiple sclerosis risk factors include smoking, obesity and low vitamin d"),
+    (
+        "vitamin d deficiency and multiple sclerosis",
+        "multiple sclerosis risk factors include smoking, obesity and low vitamin d",
+    ),
     ("vitamin d deficiency and multiple sclerosis", ""),
-    ("how do vaccines train the immune system", "Vaccines expose the immune system to an antigen so that memory cells form."),
+    (
+        "how do vaccines train the immune system",
+        "Vaccines expose the immune system to an antigen so that memory cells form.",
+    ),
     ("how do vaccines train the immune system", "The harvest was good this year and the village celebrated. " * 40),
-    ("how do vaccines train the immune system", "Antibodies made after vaccination recognise the pathogen on later exposure."),
+    (
+        "how do vaccines train the immune system",
+        "Antibodies made after vaccination recognise the pathogen on later exposure.",
+    ),
     ("how do vaccines train the immune system", "Stock markets fell sharply on Monday."),
-)  # fmt: skip
+)
 
 
 # Hugging Face model types whose position embeddings start after the padding index.
@@ -106,8 +120,7 @@ def _import_export_deps() -> tuple[ModuleType, ModuleType]:
         import transformers
     except ImportError as exc:
         raise ModelError(
-            f"model export needs PyTorch and transformers ({exc.name} is missing): "
-            "pip install 'es-rerank[export]'"
+            f"model export needs PyTorch and transformers ({exc.name} is missing): pip install 'es-rerank[export]'"
         ) from None
     return torch, transformers
 
@@ -160,8 +173,7 @@ def _head(num_labels: int | None, origin: str) -> Literal["auto", "single", "two
     if num_labels == 2:
         return "two"
     raise ModelError(
-        f"{origin} has {num_labels} labels; es-rerank reads cross-encoders with 1 (score) "
-        "or 2 (not relevant, relevant)"
+        f"{origin} has {num_labels} labels; es-rerank reads cross-encoders with 1 (score) or 2 (not relevant, relevant)"
     )
 
 
@@ -271,7 +283,7 @@ def _load(
     tokenizer: Path,
     *,
     max_length: int,
-    head: str = "auto",
+    head: Literal["auto", "single", "two"] = "auto",
     providers: Sequence[str] = ("cpu",),
     caches: bool = True,
 ) -> OnnxReranker:
@@ -280,7 +292,13 @@ def _load(
     sizes = {} if caches else {"cache_size": 0, "token_cache_size": 0}
     try:
         return OnnxReranker(
-            name, onnx_path, tokenizer, providers=providers, max_length=max_length, head=head, **sizes  # type: ignore[arg-type]
+            name,
+            onnx_path,
+            tokenizer,
+            providers=providers,
+            max_length=max_length,
+            head=head,
+            **sizes,  # type: ignore[arg-type]
         )
     except ValueError as exc:
         raise ModelError(f"model {name!r}: {exc}") from None

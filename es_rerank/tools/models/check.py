@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -76,11 +76,25 @@ def check_model(
             _score_pairs(reranker, distinct)
             timings.append(time.perf_counter() - start)
         hits = reranker.cache.hits + reranker.token_cache_info()["hits"] - hits_before
-        provider, used, head, max_length = reranker.provider, list(reranker.providers), reranker.head, reranker.max_length
+        provider, used, head, max_length = (
+            reranker.provider,
+            list(reranker.providers),
+            reranker.head,
+            reranker.max_length,
+        )
 
     result = CheckResult(
-        md.onnx, provider, used, head, max_length, load_seconds, statistics.median(timings), len(pairs), scores,
-        runs=repeats, cache_hits=hits,
+        md.onnx,
+        provider,
+        used,
+        head,
+        max_length,
+        load_seconds,
+        statistics.median(timings),
+        len(pairs),
+        scores,
+        runs=repeats,
+        cache_hits=hits,
     )
     if reference is None:
         return result
@@ -92,7 +106,9 @@ def check_model(
         ref_onnx, ref_tokenizer, ref_head = reference, md.tokenizer, "auto"
     else:
         raise ModelError(f"reference {reference} does not exist")
-    with _load("reference", ref_onnx, ref_tokenizer, max_length=max_length, head=ref_head, providers=providers) as ref_model:
+    with _load(
+        "reference", ref_onnx, ref_tokenizer, max_length=max_length, head=ref_head, providers=providers
+    ) as ref_model:
         ref_scores = _score_pairs(ref_model, pairs)
     return replace(
         result,

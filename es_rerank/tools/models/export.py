@@ -7,9 +7,10 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -118,7 +119,8 @@ def export_model(
 
         try:
             model = transformers.AutoModelForSequenceClassification.from_pretrained(
-                str(hf_dir), attn_implementation="eager"  # plain ops: traceable, and what ORT fuses
+                str(hf_dir),
+                attn_implementation="eager",  # plain ops: traceable, and what ORT fuses
             )
         except (TypeError, ValueError):
             model = transformers.AutoModelForSequenceClassification.from_pretrained(str(hf_dir))

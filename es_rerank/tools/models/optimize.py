@@ -59,7 +59,9 @@ def _fuse(source: Path, *, model_type: str, num_heads: int, hidden_size: int, us
         warnings.simplefilter("ignore")
         try:
             model = onnx.load(str(source))
-            return optimize_graph(model, num_heads=num_heads, use_gpu=use_gpu, model_type=model_type, hidden_size=hidden_size)
+            return optimize_graph(
+                model, num_heads=num_heads, use_gpu=use_gpu, model_type=model_type, hidden_size=hidden_size
+            )
         except Exception as exc:
             raise ModelError(f"cannot optimise {source}: {type(exc).__name__}: {exc}") from None
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Sequence
 
 from ...errors import ModelError
 from ...reranker.modeldir import (
@@ -235,9 +235,7 @@ def pull_model(
         _install_file(extras[HF_CONFIG_FILE], out_dir / HF_CONFIG_FILE)  # type: ignore[arg-type]
         written.append(HF_CONFIG_FILE)
     source = {"type": "hub", "repo_id": repo_id, "revision": revision, "commit": commit, "onnx_file": repo_onnx}
-    config = ModelDirConfig(
-        onnx_file=onnx_name, max_length=max_length, head=head, activation=activation, source=source
-    )
+    config = ModelDirConfig(onnx_file=onnx_name, max_length=max_length, head=head, activation=activation, source=source)
     write_model_config(out_dir, config)
     written.append(MODEL_CONFIG_FILE)
     logger.info("pulled %s@%s (%s) into %s", repo_id, revision, commit, out_dir)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 from ...errors import ModelError
 from ...reranker.quantize import quantize_dynamic_file
-from .optimize import _fuse, _heads_and_hidden, _save
 from ._common import QuantMode, _compare, _import_onnx_tools, _open_model_dir, _record_variant
+from .optimize import _fuse, _heads_and_hidden, _save
 
 
 @dataclass(frozen=True)
@@ -86,13 +87,22 @@ def quantize_model(
             try:
                 quant_pre_process(str(source), str(prepared), skip_optimization=fusions_first)
             except Exception as exc:
-                raise ModelError(f"cannot prepare {source.name} for quantisation: {type(exc).__name__}: {exc}") from None
+                raise ModelError(
+                    f"cannot prepare {source.name} for quantisation: {type(exc).__name__}: {exc}"
+                ) from None
             source = prepared
         tmp_out = Path(tmp_name) / out_path.name
         quantize_dynamic_file(
-            source, tmp_out, fused=fusions_first, per_channel=per_channel, reduce_range=reduce_range,
-            op_types=op_types, weight_type=weight_type, nodes_to_exclude=nodes_to_exclude, extra_options=dict(extra_options or {}),
-        )  # fmt: skip
+            source,
+            tmp_out,
+            fused=fusions_first,
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            op_types=op_types,
+            weight_type=weight_type,
+            nodes_to_exclude=nodes_to_exclude,
+            extra_options=dict(extra_options or {}),
+        )
         os.replace(tmp_out, out_path)
     diff = _compare(md, out_path, md.onnx)
     _record_variant(md, out_path, {"kind": "int8-" + mode, "from": md.onnx.name, **options})
