@@ -19,6 +19,8 @@ ONNX Runtime's optimiser and quantiser need too); es-rerank's serving path does 
 from __future__ import annotations
 
 import logging
+import os
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -27,11 +29,21 @@ import numpy as np
 
 from ..errors import ModelError
 
-__all__ = ["fuse_attention", "optimize_onnx", "optimized_model_bytes", "convert_fp16", "fused_operator_counts"]
+__all__ = [
+    "fuse_attention",
+    "fuse_model",
+    "save_model",
+    "optimize_onnx",
+    "optimized_model_bytes",
+    "convert_fp16",
+    "fused_operator_counts",
+    "TWO_GIB",
+]
 
 logger = logging.getLogger("es_rerank.reranker")
 
 MS_DOMAIN = "com.microsoft"
+TWO_GIB = 2**31  # protobuf's limit: larger models keep their weights outside the file
 
 
 def _import_onnx() -> Any:
@@ -332,6 +344,49 @@ def optimized_model_bytes(source: str | Path, *, use_gpu: bool = False) -> bytes
     return optimized.model.SerializeToString()
 
 
+def fuse_model(
+    source: str | Path,
+    *,
+    num_heads: int | None = None,
+    use_gpu: bool = False,
+    model_type: str = "bert",
+    hidden_size: int = 0,
+    fp16: bool = False,
+) -> Any:
+    """``source`` loaded and fused (:func:`optimize_graph`), converted to float16 with ``fp16``
+    (inputs and outputs kept as they were: int64 ids, fp32 logits); ONNX Runtime's OnnxModel.
+
+    The one optimise path: :func:`optimize_onnx`, :func:`convert_fp16`, :mod:`.quantize` and
+    ``es-rerank model optimize/quantize`` all go through it. Failures are ModelErrors.
+    """
+    onnx = _import_onnx()
+    try:
+        model = onnx.load(str(source))
+    except Exception as exc:
+        raise ModelError(f"cannot read {source}: {exc}") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optimized = optimize_graph(
+                model, num_heads=num_heads, use_gpu=use_gpu, model_type=model_type, hidden_size=hidden_size
+            )
+            if fp16:
+                optimized.convert_float_to_float16(keep_io_types=True)
+    except Exception as exc:
+        what = "convert" if fp16 else "optimise"
+        target = f"{source} to float16" if fp16 else str(source)
+        raise ModelError(f"cannot {what} {target}: {type(exc).__name__}: {exc}") from None
+    return optimized
+
+
+def save_model(onnx_model: Any, dest: str | Path) -> None:
+    """Write an OnnxModel to ``dest`` whole or not at all (weights outside the file past 2 GB)."""
+    dest = Path(dest)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    onnx_model.save_model_to_file(str(tmp), use_external_data_format=onnx_model.model.ByteSize() >= TWO_GIB)
+    os.replace(tmp, dest)
+
+
 def optimize_onnx(
     source: str | Path,
     dest: str | Path,
@@ -346,16 +401,8 @@ def optimize_onnx(
     Returns the operator counts of the result. ``use_gpu`` lets the optimiser pick
     fusions meant for CUDA (for the fp16 variant).
     """
-    onnx = _import_onnx()
-    try:
-        model = onnx.load(str(source))
-    except Exception as exc:
-        raise ModelError(f"cannot read {source}: {exc}") from None
-    try:
-        optimized = optimize_graph(model, num_heads=num_heads, use_gpu=use_gpu)
-    except Exception as exc:
-        raise ModelError(f"cannot optimise {source}: {type(exc).__name__}: {exc}") from None
-    optimized.save_model_to_file(str(dest))
+    optimized = fuse_model(source, num_heads=num_heads, use_gpu=use_gpu)
+    save_model(optimized, dest)
     return fused_operator_counts(optimized.model)
 
 
@@ -365,15 +412,6 @@ def convert_fp16(source: str | Path, dest: str | Path, *, num_heads: int | None 
 
     Runs on any machine (no GPU needed to convert); the result is meant for CUDA.
     """
-    onnx = _import_onnx()
-    try:
-        model = onnx.load(str(source))
-    except Exception as exc:
-        raise ModelError(f"cannot read {source}: {exc}") from None
-    try:
-        optimized = optimize_graph(model, num_heads=num_heads, use_gpu=True)
-        optimized.convert_float_to_float16(keep_io_types=True)
-    except Exception as exc:
-        raise ModelError(f"cannot convert {source} to float16: {type(exc).__name__}: {exc}") from None
-    optimized.save_model_to_file(str(dest))
+    optimized = fuse_model(source, num_heads=num_heads, use_gpu=True, fp16=True)
+    save_model(optimized, dest)
     return fused_operator_counts(optimized.model)

@@ -23,15 +23,15 @@ from __future__ import annotations
 import logging
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import ModelError
-from .optimize import _import_onnx, fused_operator_counts, optimize_onnx
+from .optimize import TWO_GIB, _import_onnx, fused_operator_counts, optimize_onnx
 
 __all__ = ["INT8_RECIPE", "quantize_int8", "quantize_dynamic_file"]
 
-TWO_GIB = 2**31  # protobuf's limit: larger models keep their weights outside the file
 
 logger = logging.getLogger("es_rerank.reranker")
 

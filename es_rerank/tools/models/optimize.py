@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ...errors import ModelError
-from ...reranker.optimize import optimize_graph
-from ...reranker.quantize import TWO_GIB
+from ...reranker.optimize import fuse_model, save_model
 from ._common import (
     HF_CONFIG_FILE,
     _compare,
@@ -44,35 +40,6 @@ def _heads_and_hidden(md: _ModelDir, num_heads: int | None, hidden_size: int | N
     return int(heads or 0), int(hidden or 0)
 
 
-def _fuse(source: Path, *, model_type: str, num_heads: int, hidden_size: int, use_gpu: bool) -> Any:
-    """es-rerank's attention fusion, then ONNX Runtime's Python transformer fusions
-    (``opt_level=0``): what the engine does at load (:mod:`es_rerank.reranker.optimize`).
-
-    ONNX Runtime's own graph pass (``opt_level`` 1+) is left to session creation, which
-    OnnxReranker does with every optimisation on: saved, it would tie the file to this
-    machine's hardware, it changed no fusion on the models tried (tiny and MiniLM BERTs),
-    and ONNX Runtime 1.32 imports torch to run it.
-    """
-    import onnx
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            model = onnx.load(str(source))
-            return optimize_graph(
-                model, num_heads=num_heads, use_gpu=use_gpu, model_type=model_type, hidden_size=hidden_size
-            )
-        except Exception as exc:
-            raise ModelError(f"cannot optimise {source}: {type(exc).__name__}: {exc}") from None
-
-
-def _save(onnx_model: Any, path: Path) -> None:
-    size = onnx_model.model.ByteSize()
-    tmp = path.with_name(f".{path.name}.tmp")
-    onnx_model.save_model_to_file(str(tmp), use_external_data_format=size >= TWO_GIB)
-    os.replace(tmp, path)
-
-
 def optimize_model(
     model_dir: Path,
     *,
@@ -97,20 +64,19 @@ def optimize_model(
     _import_onnx_tools(sympy=True)
     heads, hidden = _heads_and_hidden(md, num_heads, hidden_size)
 
-    fused = _fuse(md.onnx, model_type=model_type, num_heads=heads, hidden_size=hidden, use_gpu=False)
+    fused = fuse_model(md.onnx, model_type=model_type, num_heads=heads, hidden_size=hidden, use_gpu=False)
     stats = {k: int(v) for k, v in (fused.get_fused_operator_statistics() or {}).items() if v}
     opt_path = md.path / output
-    _save(fused, opt_path)
+    save_model(fused, opt_path)
     diff = _compare(md, opt_path, md.onnx)
     _record_variant(md, opt_path, {"kind": "optimized", "from": md.onnx.name, "model_type": model_type, "fused": stats})
 
     fp16_path: Path | None = None
     fp16_diff: float | None = None
     if fp16:
-        half = _fuse(md.onnx, model_type=model_type, num_heads=heads, hidden_size=hidden, use_gpu=True)
-        half.convert_float_to_float16(keep_io_types=True)
+        half = fuse_model(md.onnx, model_type=model_type, num_heads=heads, hidden_size=hidden, use_gpu=True, fp16=True)
         fp16_path = md.path / fp16_output
-        _save(half, fp16_path)
+        save_model(half, fp16_path)
         try:
             fp16_diff = _compare(md, fp16_path, md.onnx)
         except ModelError as exc:  # many fused fp16 kernels exist for CUDA only

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ...errors import ModelError
+from ...reranker.optimize import fuse_model, save_model
 from ...reranker.quantize import quantize_dynamic_file
 from ._common import QuantMode, _compare, _import_onnx_tools, _open_model_dir, _record_variant
-from .optimize import _fuse, _heads_and_hidden, _save
+from .optimize import _heads_and_hidden
 
 
 @dataclass(frozen=True)
@@ -77,9 +78,9 @@ def quantize_model(
         source = md.onnx
         if fusions_first:
             heads, hidden = _heads_and_hidden(md, None, None)
-            fused = _fuse(md.onnx, model_type=model_type, num_heads=heads, hidden_size=hidden, use_gpu=False)
+            fused = fuse_model(md.onnx, model_type=model_type, num_heads=heads, hidden_size=hidden, use_gpu=False)
             source = Path(tmp_name) / "fused.onnx"
-            _save(fused, source)
+            save_model(fused, source)
         if preprocess:
             from onnxruntime.quantization.shape_inference import quant_pre_process
 
