@@ -19,6 +19,7 @@ from typing import Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .blend import Blend
 from .errors import ConfigError
 from .experiments.config import ExperimentSettings, UbiSettings, experiment_problems  # experiments: A/B, interleaving
 
@@ -26,8 +27,10 @@ __all__ = [
     "Settings",
     "UpstreamSettings",
     "ModelSettings",
+    "RemoteSettings",
     "IndexSettings",
     "ChunkSettings",
+    "BlendSettings",
     "ServerSettings",
     "AdminSettings",
     "CorsSettings",
@@ -66,10 +69,36 @@ class UpstreamSettings(_Strict):
         return url
 
 
-class ModelSettings(_Strict):
-    """One cross-encoder: an ONNX file and its tokenizer.json."""
+class RemoteSettings(_Strict):
+    """A model served by remote reranking servers (es_rerank/reranker/_remote.py)."""
 
-    path: Path = Field(description="model directory (model.onnx + tokenizer.json)")
+    protocol: Literal["tei", "infinity"] = Field(
+        "tei", description="tei: POST /rerank {query, texts} (text-embeddings-inference, es-rerank); "
+        "infinity: POST /rerank {model, query, documents} (Infinity, Cohere's shape)",
+    )
+    endpoints: list[str] = Field(min_length=1, description="base URLs, e.g. http://10.0.0.5:8080")
+    model: str | None = Field(None, description="the model name sent to the server (infinity)")
+    concurrency: int = Field(4, ge=1, description="requests in flight per endpoint at most")
+    timeout_s: float = Field(10.0, gt=0, description="seconds for one request; past it the endpoint is marked down")
+    max_batch: int = Field(32, ge=1, description="texts per request (TEI's max_client_batch_size is 32 by default)")
+    health_path: str = Field("/health", description="GET path of the health check")
+    health_interval_s: float = Field(2.0, gt=0, description="seconds between health checks of each endpoint")
+    api_key: str | None = Field(None, description="sent as Authorization: Bearer")
+
+    @field_validator("endpoints")
+    @classmethod
+    def _check_endpoints(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"endpoint must start with http:// or https://, got {url!r}")
+        return urls
+
+
+class ModelSettings(_Strict):
+    """One cross-encoder: an ONNX file and its tokenizer.json, or remote servers (``remote``)."""
+
+    path: Path | None = Field(None, description="model directory (model.onnx + tokenizer.json)")
+    remote: RemoteSettings | None = Field(None, description="served by remote reranking servers instead of in-process")
     onnx_file: str = "model.onnx"
     tokenizer_file: str = "tokenizer.json"
     providers: list[str] = Field(
@@ -113,6 +142,8 @@ class ModelSettings(_Strict):
 
     @model_validator(mode="after")
     def _check_batching(self) -> "ModelSettings":
+        if (self.path is None) == (self.remote is None):
+            raise ValueError("a model needs exactly one of path (in-process ONNX) and remote (reranking servers)")
         if self.max_batch_tokens is not None and self.max_batch_tokens < self.max_length:
             raise ValueError(
                 f"max_batch_tokens ({self.max_batch_tokens}) must hold one pair of max_length ({self.max_length})"
@@ -143,6 +174,19 @@ class ChunkSettings(_Strict):
         return self
 
 
+class BlendSettings(_Strict):
+    """The first-stage score blended with the model's, normalized per query (es_rerank/blend.py)."""
+
+    method: Literal["minmax", "zscore", "rrf"] = Field(
+        "minmax", description="minmax or zscore per query, or rrf (reciprocal-rank fusion)"
+    )
+    weight: float = Field(ge=0.0, le=1.0, description="the first stage's share: 0 = the model alone, 1 = the first stage alone")
+    rrf_k: int = Field(60, ge=1, description="rrf's rank constant")
+
+    def to_blend(self) -> Blend:
+        return Blend(method=self.method, weight=self.weight, rrf_k=self.rrf_k)
+
+
 class IndexSettings(_Strict):
     """Reranking for the indices whose names match ``pattern`` (fnmatch)."""
 
@@ -164,6 +208,9 @@ class IndexSettings(_Strict):
         True, description="add _rerank.first_stage_score/rank to each reranked hit"
     )
     chunking: ChunkSettings = ChunkSettings()
+    blend: BlendSettings | None = Field(
+        None, description="blend the first-stage score into the model's (off by default; choose the weight with `es-rerank blend`)"
+    )
     first_stage_query: dict | None = Field(
         None,
         description="query DSL `eval` sends, with the string {{query_text}} where the text goes; "
@@ -512,6 +559,8 @@ def check_model_files(settings: Settings) -> list[str]:
     """Problems with model files on disk (checked by check-config and at start)."""
     problems = []
     for name, spec in settings.models.items():
+        if spec.path is None:
+            continue  # remote: checked by its health checks
         for filename in (spec.onnx_file, spec.tokenizer_file):
             if not (spec.path / filename).is_file():
                 problems.append(f"models.{name}: {spec.path / filename} does not exist")
