@@ -19,14 +19,14 @@ from es_rerank.reranker import (
     resolve_providers,
 )
 
-TESTS = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parents[2]
 if str(TESTS) not in sys.path:  # tests/ has no package marker; tinymodel lives there
     sys.path.insert(0, str(TESTS))
 
 from tinymodel import build_tiny_model  # noqa: E402
 
-REAL_MODEL = Path(__file__).resolve().parents[2].parent / "shared/models/scifact-minilm-l6-ce"
-TOKENIZER_JSON = Path(__file__).resolve().parents[2] / "demo" / "model" / "tokenizer.json"
+REAL_MODEL = Path(__file__).resolve().parents[3].parent / "shared/models/scifact-minilm-l6-ce"
+TOKENIZER_JSON = Path(__file__).resolve().parents[3] / "demo" / "model" / "tokenizer.json"
 
 needs_tokenizer = pytest.mark.skipif(
     not TOKENIZER_JSON.is_file(), reason=f"shared tokenizer not found at {TOKENIZER_JSON}"

@@ -11,7 +11,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from es_rerank.reranker._tokenize import PairTokenizer, make_feeds
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BERT = ROOT / "demo" / "model" / "tokenizer.json"
 
 QUERIES = [

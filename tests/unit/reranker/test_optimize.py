@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from es_rerank.reranker.optimize import convert_fp16, fuse_attention, fused_operator_counts, optimize_onnx  # noqa: E402
 from es_rerank.reranker.quantize import INT8_RECIPE, quantize_int8  # noqa: E402
 
-REAL_MODEL = Path(__file__).resolve().parents[2].parent / "shared/models/scifact-minilm-l6-ce"
+REAL_MODEL = Path(__file__).resolve().parents[3].parent / "shared/models/scifact-minilm-l6-ce"
 
 HIDDEN, HEADS, VOCAB, FFN = 32, 4, 50, 64
 
