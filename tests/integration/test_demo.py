@@ -23,13 +23,20 @@ import httpx
 import pytest
 from opensearchpy import OpenSearch
 
-from conftest import free_port
 from es_rerank.config import load_settings
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 INDEX = "rr-demo"
+
+
+def free_port() -> int:
+    """A free loopback port (not imported from conftest: with several conftest.py files
+    the name resolves to whichever was loaded first)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _reader(stream, lines: "queue.Queue[str | None]", kept: list[str]) -> None:
