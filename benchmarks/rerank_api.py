@@ -59,7 +59,9 @@ def load_pairs(n_queries: int, k: int) -> list[tuple[str, list[str]]]:
 def in_process(model: Path, pairs: list[tuple[str, list[str]]], max_length: int) -> tuple[float, list[int]]:
     from es_rerank.reranker import OnnxReranker
 
-    with OnnxReranker("bench", model / "model.onnx", model / "tokenizer.json", cache_size=0, token_cache_size=0, max_length=max_length) as r:
+    with OnnxReranker(
+        "bench", model / "model.onnx", model / "tokenizer.json", cache_size=0, token_cache_size=0, max_length=max_length
+    ) as r:
         r.score(*pairs[0])  # warm
         t0 = time.perf_counter()
         tops = [int(np.argmax(r.score(q, docs))) for q, docs in pairs]
@@ -88,7 +90,9 @@ async def over_http(url: str, pairs: list[tuple[str, list[str]]], clients: int) 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=ROOT / "demo" / "model", help="model directory (model.onnx, tokenizer.json)")
+    ap.add_argument(
+        "--model", type=Path, default=ROOT / "demo" / "model", help="model directory (model.onnx, tokenizer.json)"
+    )
     ap.add_argument("--queries", type=int, default=40)
     ap.add_argument("--k", type=int, default=20, help="documents per request")
     ap.add_argument("--clients", type=int, default=4)
@@ -107,12 +111,30 @@ def main() -> None:
                 {
                     "upstream": {"url": "http://127.0.0.1:9"},
                     "server": {"rerank_timeout": 120},
-                    "models": {"m": {"path": str(args.model.resolve()), "cache_size": 0, "token_cache_size": 0, "max_length": args.max_length}},
+                    "models": {
+                        "m": {
+                            "path": str(args.model.resolve()),
+                            "cache_size": 0,
+                            "token_cache_size": 0,
+                            "max_length": args.max_length,
+                        }
+                    },
                 }
             )
         )
         proc = subprocess.Popen(
-            [sys.executable, "-m", "es_rerank.cli", "--log-level", "warning", "serve", "--config", str(config), "--port", str(port)]
+            [
+                sys.executable,
+                "-m",
+                "es_rerank.cli",
+                "--log-level",
+                "warning",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(port),
+            ]
         )
         url = f"http://127.0.0.1:{port}"
         try:
@@ -133,7 +155,8 @@ def main() -> None:
     same = sum(a == b for a, b in zip(local_tops, http_tops))
     print(f"{'in-process OnnxReranker.score, 1 query at a time':<52} {local:8.1f} pairs/s")
     print(f"{'POST /v1/rerank, 1 client':<52} {one:8.1f} pairs/s  ({one / local:.0%} of in-process)")
-    print(f"{f'POST /v1/rerank, {args.clients} concurrent clients':<52} {many:8.1f} pairs/s  ({many / local:.0%} of in-process)")
+    label = f"POST /v1/rerank, {args.clients} concurrent clients"
+    print(f"{label:<52} {many:8.1f} pairs/s  ({many / local:.0%} of in-process)")
     print(f"same top document both ways: {same}/{len(pairs)} queries")
 
 

@@ -28,8 +28,9 @@ import json
 import math
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from starlette.responses import Response
@@ -138,13 +139,15 @@ class RerankApi:
         spec = self._specs.get(model)
         if spec is None:
             fallback = self.api.fallback_model if self.api.fallback_model not in (None, model) else None
-            spec = IndexSettings(
-                pattern=METRICS_LABEL,
-                model=model,
-                fallback_model=fallback,
-                degrade=["fallback_model", "first_stage"] if fallback else ["first_stage"],
-                max_tokens=self.api.max_tokens,
-                batch_size=self.api.batch_size,
+            spec = IndexSettings.model_validate(
+                {
+                    "pattern": METRICS_LABEL,
+                    "model": model,
+                    "fallback_model": fallback,
+                    "degrade": ["fallback_model", "first_stage"] if fallback else ["first_stage"],
+                    "max_tokens": self.api.max_tokens,
+                    "batch_size": self.api.batch_size,
+                }
             )
             self._specs[model] = spec
         return spec
@@ -155,7 +158,7 @@ class RerankApi:
         if not isinstance(body, Mapping):
             raise ApiError(400, "the request body must be a JSON object")
         query = body.get("query")
-        if not _is_str(query) or not query.strip():
+        if not isinstance(query, str) or not query.strip():
             raise ApiError(400, "`query` must be a non-empty string")
         requested = body.get("model")
         if requested is not None and not _is_str(requested):
@@ -189,7 +192,10 @@ class RerankApi:
         self._check_count(len(documents), "documents")
         rank_fields = body.get("rank_fields")
         if rank_fields is not None and (
-            flavour == COHERE_V2 or not isinstance(rank_fields, list) or not rank_fields or not all(_is_str(f) for f in rank_fields)
+            flavour == COHERE_V2
+            or not isinstance(rank_fields, list)
+            or not rank_fields
+            or not all(_is_str(f) for f in rank_fields)
         ):
             raise ApiError(400, "`rank_fields` must be a non-empty list of field names")
         if flavour == COHERE_V2 and not all(_is_str(d) for d in documents):
@@ -265,12 +271,14 @@ class RerankApi:
             ]
             if scored.scores is None:
                 if scored.reason == Reason.OVERLOADED:
-                    exc = ApiError(429, f"model {parsed.model!r} is overloaded; try again", "Overloaded")
+                    refusal = ApiError(429, f"model {parsed.model!r} is overloaded; try again", "Overloaded")
                 elif scored.reason == Reason.CLIENT_CLOSED:
-                    exc = ApiError(499, "client closed the connection", "Backend")
+                    refusal = ApiError(499, "client closed the connection", "Backend")
                 else:
-                    exc = ApiError(503, f"model {parsed.model!r} could not score in time ({scored.reason})", "Backend")
-                return self.error(flavour, exc, headers)
+                    refusal = ApiError(
+                        503, f"model {parsed.model!r} could not score in time ({scored.reason})", "Backend"
+                    )
+                return self.error(flavour, refusal, headers)
             scores = np.asarray(scored.scores, dtype=np.float64)
         else:  # Cohere: no documents, no results
             scores = np.zeros(0)
@@ -296,7 +304,10 @@ class RerankApi:
         answer = {
             "id": str(uuid.uuid4()),
             "results": items,
-            "meta": {"api_version": {"version": "2" if flavour == COHERE_V2 else "1"}, "billed_units": {"search_units": 1}},
+            "meta": {
+                "api_version": {"version": "2" if flavour == COHERE_V2 else "1"},
+                "billed_units": {"search_units": 1},
+            },
         }
         return json_response(answer, 200, headers)
 

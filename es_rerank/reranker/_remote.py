@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import httpx
 import numpy as np
@@ -102,7 +102,7 @@ class RemoteReranker:
         self._seconds_per_pair: float | None = None  # moving average over answered requests
 
     @classmethod
-    def from_settings(cls, name: str, settings: Any) -> "RemoteReranker":
+    def from_settings(cls, name: str, settings: Any) -> RemoteReranker:
         remote = settings.remote
         return cls(
             name, remote.endpoints, protocol=remote.protocol, model=remote.model, concurrency=remote.concurrency,
@@ -183,7 +183,7 @@ class RemoteReranker:
         """Scores of one batch, from the first endpoint that answers."""
         client = self._ensure_started()
         tried: set[int] = set()
-        errors = []
+        errors: list[str] = []
         while True:
             endpoint = self._pick(tried)
             if endpoint is None:
@@ -202,7 +202,9 @@ class RemoteReranker:
                 if r.status_code >= 500 or r.status_code == 429:
                     raise _Failed(f"answered {r.status_code}: {r.text[:200]}")
                 if r.status_code != 200:
-                    raise ModelError(f"model {self.name!r}: {endpoint.url} refused the request ({r.status_code}: {r.text[:200]})")
+                    raise ModelError(
+                        f"model {self.name!r}: {endpoint.url} refused the request ({r.status_code}: {r.text[:200]})"
+                    )
                 try:
                     scores = self._scores(r.json(), len(texts))
                 except (ValueError, KeyError, TypeError) as exc:
@@ -248,7 +250,11 @@ class RemoteReranker:
         t0 = time.perf_counter()
         keys = [ScoreCache.key(self.name, self.max_length, query, p) for p in passages]
         # A shared cache asks Redis: off the event loop.
-        cached = self.cache.get_many(keys) if isinstance(self.cache, ScoreCache) else await asyncio.to_thread(self.cache.get_many, keys)
+        cached = (
+            self.cache.get_many(keys)
+            if isinstance(self.cache, ScoreCache)
+            else await asyncio.to_thread(self.cache.get_many, keys)
+        )
         out = np.array([np.nan if v is None else v for v in cached], dtype=np.float32)
         todo = [i for i in range(len(passages)) if np.isnan(out[i])]
         stats.cache_hits += len(passages) - len(todo)
@@ -325,13 +331,21 @@ class RemoteReranker:
         }
 
     def engine_info(self) -> dict[str, Any]:
-        return {"cache": self.cache.info(), "queued_pairs": self._queued_pairs, "endpoints_up": sum(e.up for e in self.endpoints)}
+        return {
+            "cache": self.cache.info(),
+            "queued_pairs": self._queued_pairs,
+            "endpoints_up": sum(e.up for e in self.endpoints),
+        }
 
     def query_token_budget(self, query: str, max_length: int) -> int:
-        raise ModelError(f"model {self.name!r} is remote: chunking needs a local tokenizer (use chunking.mode: truncate)")
+        raise ModelError(
+            f"model {self.name!r} is remote: chunking needs a local tokenizer (use chunking.mode: truncate)"
+        )
 
     def chunk_text(self, text: str, chunk_tokens: int, stride: int, max_chunks: int) -> list[str]:
-        raise ModelError(f"model {self.name!r} is remote: chunking needs a local tokenizer (use chunking.mode: truncate)")
+        raise ModelError(
+            f"model {self.name!r} is remote: chunking needs a local tokenizer (use chunking.mode: truncate)"
+        )
 
     def close(self) -> None:
         self._closed = True

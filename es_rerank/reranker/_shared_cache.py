@@ -21,7 +21,8 @@ import hashlib
 import logging
 import threading
 import time
-from typing import Any, Hashable, Sequence
+from collections.abc import Hashable, Sequence
+from typing import Any, cast
 
 from ._cache import ScoreCache
 
@@ -32,7 +33,7 @@ logger = logging.getLogger("es_rerank")
 
 def shared_key(prefix: str, key: Hashable) -> bytes:
     """The Redis key of a :class:`ScoreCache` key ``(model, max_length, query, digest)``."""
-    model, max_length, query, digest = key  # type: ignore[misc]
+    model, max_length, query, digest = cast("tuple[str, int, str, bytes]", key)
     h = hashlib.blake2b(digest_size=20)
     for part in (model.encode(), str(max_length).encode(), query.encode("utf-8", "surrogatepass")):
         h.update(len(part).to_bytes(4, "big"))
@@ -64,7 +65,7 @@ class RedisStore:
         self._writer.start()
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "RedisStore":
+    def from_settings(cls, settings: Any) -> RedisStore:
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
@@ -77,7 +78,13 @@ class RedisStore:
             retry=Retry(NoBackoff(), 0),  # a failure backs off here, not inside the client
             health_check_interval=0,
         )
-        return cls(client, ttl_s=settings.ttl_s, prefix=settings.prefix, retry_after_s=settings.retry_after_s, max_pending=settings.max_pending)
+        return cls(
+            client,
+            ttl_s=settings.ttl_s,
+            prefix=settings.prefix,
+            retry_after_s=settings.retry_after_s,
+            max_pending=settings.max_pending,
+        )
 
     # -- state ----------------------------------------------------------------------
 
@@ -235,7 +242,10 @@ class SharedScoreCache:
         return len(self.local)
 
     def info(self) -> dict[str, Any]:
-        return {**self.local.info(), "shared": {**self.store.info(), "hits": self.shared_hits, "misses": self.shared_misses}}
+        return {
+            **self.local.info(),
+            "shared": {**self.store.info(), "hits": self.shared_hits, "misses": self.shared_misses},
+        }
 
 
 def attach_shared_cache(rerankers: dict[str, Any], settings: Any) -> RedisStore:

@@ -50,7 +50,9 @@ def index_scifact(opensearch_url):
     client.indices.create(index=INDEX, body={"settings": {"number_of_shards": 1, "number_of_replicas": 0}})
     with gzip.open(ROOT / "demo" / "scifact" / "corpus.jsonl.gz", "rt", encoding="utf-8") as f:
         docs = [json.loads(line) for line in itertools.islice(f, 600)]
-    helpers.bulk(client, ({"_index": INDEX, "_id": d["_id"], "title": d["title"], "text": d["text"]} for d in docs), refresh=True)
+    helpers.bulk(
+        client, ({"_index": INDEX, "_id": d["_id"], "title": d["title"], "text": d["text"]} for d in docs), refresh=True
+    )
     yield
     client.indices.delete(index=INDEX)
 
@@ -59,7 +61,9 @@ def index_scifact(opensearch_url):
 def infinity(tmp_path_factory):
     binary = os.environ.get("ES_RERANK_TEST_INFINITY") or shutil.which("infinity_emb")
     if not binary:
-        pytest.skip("Infinity is not installed (pip install 'infinity-emb[server,torch]'; or set ES_RERANK_TEST_INFINITY)")
+        pytest.skip(
+            "Infinity is not installed (pip install 'infinity-emb[server,torch]'; or set ES_RERANK_TEST_INFINITY)"
+        )
     if not (SHARED_MODEL / "hf" / "config.json").is_file():
         pytest.skip(f"no Hugging Face checkpoint at {SHARED_MODEL / 'hf'}")
     # The checkpoint as the model card says it reads (pairs cut at 256 tokens, as the ONNX
@@ -71,7 +75,13 @@ def infinity(tmp_path_factory):
     config = json.loads((SHARED_MODEL / "hf" / "tokenizer_config.json").read_text())
     (checkpoint / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 256}))
     port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "DO_NOT_TRACK": "1",
+        "INFINITY_ANONYMOUS_USAGE_STATS": "0",
+    }
     log = tmp_path_factory.mktemp("infinity") / "infinity.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -103,7 +113,11 @@ def infinity(tmp_path_factory):
 
 
 def _search(url: str, query: str, model: str) -> tuple[httpx.Response, list[str], list[float]]:
-    body = {"query": {"multi_match": {"query": query, "fields": ["title", "text"]}}, "size": 10, "ext": {"rerank": {"model": model}}}
+    body = {
+        "query": {"multi_match": {"query": query, "fields": ["title", "text"]}},
+        "size": 10,
+        "ext": {"rerank": {"model": model}},
+    }
     r = httpx.post(f"{url}/{INDEX}/_search", json=body, timeout=120)
     assert r.status_code == 200, r.text
     hits = r.json()["hits"]["hits"]
@@ -116,7 +130,9 @@ def test_infinity_orders_as_the_same_checkpoint_in_process(infinity, opensearch_
             "upstream": {"url": opensearch_url},
             "models": {
                 "local": {"path": str(SHARED_MODEL)},
-                "remote": {"remote": {"protocol": "infinity", "endpoints": [infinity], "model": "scifact", "timeout_s": 60}},
+                "remote": {
+                    "remote": {"protocol": "infinity", "endpoints": [infinity], "model": "scifact", "timeout_s": 60}
+                },
             },
             "default_model": "local",
             "server": {"rerank_timeout": 120},
@@ -144,7 +160,15 @@ def _remote_settings(opensearch_url, tiny_model_dir, endpoints, health_path="/he
             "upstream": {"url": opensearch_url},
             "models": {
                 "tiny": {"path": str(tiny_model_dir), "warmup": False},
-                "remote": {"remote": {"protocol": "tei", "endpoints": endpoints, "timeout_s": 30, "health_interval_s": 0.2, "health_path": health_path}},
+                "remote": {
+                    "remote": {
+                        "protocol": "tei",
+                        "endpoints": endpoints,
+                        "timeout_s": 30,
+                        "health_interval_s": 0.2,
+                        "health_path": health_path,
+                    }
+                },
             },
             "server": {"rerank_timeout": 60},
             "indices": [{"pattern": INDEX, "model": "remote", "window": 10, "fields": ["title", "text"], **index}],
@@ -155,7 +179,9 @@ def _remote_settings(opensearch_url, tiny_model_dir, endpoints, health_path="/he
 @pytest.fixture(scope="module")
 def tei_server(tiny_model_dir, serve_app, opensearch_url):
     """Another es-rerank, serving the tiny model on its TEI-shaped /rerank (health: /_rerank/health)."""
-    settings = settings_from_dict({"upstream": {"url": opensearch_url}, "models": {"tiny": {"path": str(tiny_model_dir), "warmup": False}}})
+    settings = settings_from_dict(
+        {"upstream": {"url": opensearch_url}, "models": {"tiny": {"path": str(tiny_model_dir), "warmup": False}}}
+    )
     with serve_app(create_app(settings)) as srv:
         yield srv.url
 
@@ -190,11 +216,19 @@ def test_dead_endpoint_degrades_like_a_local_model(opensearch_url, tiny_model_di
             r = httpx.post(f"{srv.url}/{INDEX}/_search", json=body, timeout=60)
             assert r.status_code == 200
             if fallback:
-                assert (r.headers["x-rerank"], r.headers["x-rerank-reason"], r.headers["x-rerank-model"]) == ("reranked", "fallback_model", "tiny")
+                assert (r.headers["x-rerank"], r.headers["x-rerank-reason"], r.headers["x-rerank-model"]) == (
+                    "reranked",
+                    "fallback_model",
+                    "tiny",
+                )
             else:
                 assert (r.headers["x-rerank"], r.headers["x-rerank-reason"]) == ("fallback", "overloaded")
                 direct = httpx.post(f"{opensearch_url}/{INDEX}/_search", json=body).json()
                 assert [h["_id"] for h in r.json()["hits"]["hits"]] == [h["_id"] for h in direct["hits"]["hits"]]
         # The rerank API degrades the same way.
-        api = httpx.post(f"{srv.url}/v1/rerank", json={"model": "remote", "query": "cells", "documents": ["a cell", "a dog"]}, timeout=60)
+        api = httpx.post(
+            f"{srv.url}/v1/rerank",
+            json={"model": "remote", "query": "cells", "documents": ["a cell", "a dog"]},
+            timeout=60,
+        )
         assert api.status_code == 429 and api.headers["x-rerank-reason"] == "overloaded"

@@ -104,7 +104,9 @@ def test_langchain_cohere_rerank(served, expected):
 
 
 def test_tei_shape(served, expected):
-    r = httpx.post(f"{served.url}/rerank", json={"query": QUERY, "texts": DOCS, "raw_scores": True, "return_text": True})
+    r = httpx.post(
+        f"{served.url}/rerank", json={"query": QUERY, "texts": DOCS, "raw_scores": True, "return_text": True}
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert [x["index"] for x in body] == list(np.argsort(-expected, kind="stable"))
@@ -116,7 +118,10 @@ def test_tei_shape(served, expected):
     # Same engine: the score cache answers a repeated request, and metrics count it.
     assert int(r.headers["x-rerank-cache-hits"]) == len(DOCS)
     metrics = httpx.get(f"{served.url}/_rerank/metrics").text
-    assert 'es_rerank_rerank_outcomes_total{index="_rerank_api",model="minilm",outcome="reranked",reason="reranked"}' in metrics
+    assert (
+        'es_rerank_rerank_outcomes_total{index="_rerank_api",model="minilm",outcome="reranked",reason="reranked"}'
+        in metrics
+    )
 
 
 @pytest.mark.parametrize(
@@ -155,19 +160,30 @@ def test_tei_bad_input(served):
 
 def test_unknown_model_under_strict_model(model_dir, serve_app):
     settings = settings_from_dict(
-        {"upstream": {"url": "http://127.0.0.1:9"}, "models": {"m": {"path": str(model_dir)}}, "rerank_api": {"strict_model": True}}
+        {
+            "upstream": {"url": "http://127.0.0.1:9"},
+            "models": {"m": {"path": str(model_dir)}},
+            "rerank_api": {"strict_model": True},
+        }
     )
     with serve_app(create_app(settings)) as srv:
         r = httpx.post(f"{srv.url}/v1/rerank", json={"model": "rerank-v3.5", "query": QUERY, "documents": DOCS})
         assert r.status_code == 400 and "unknown model" in r.json()["message"]
-        assert httpx.post(f"{srv.url}/v1/rerank", json={"model": "m", "query": QUERY, "documents": DOCS}).status_code == 200
+        assert (
+            httpx.post(f"{srv.url}/v1/rerank", json={"model": "m", "query": QUERY, "documents": DOCS}).status_code
+            == 200
+        )
 
 
 def test_api_key(model_dir, serve_app):
     import cohere
 
     settings = settings_from_dict(
-        {"upstream": {"url": "http://127.0.0.1:9"}, "models": {"m": {"path": str(model_dir)}}, "rerank_api": {"api_key": "s3cret"}}
+        {
+            "upstream": {"url": "http://127.0.0.1:9"},
+            "models": {"m": {"path": str(model_dir)}},
+            "rerank_api": {"api_key": "s3cret"},
+        }
     )
     with serve_app(create_app(settings)) as srv:
         assert httpx.post(f"{srv.url}/v1/rerank", json={"query": QUERY, "documents": DOCS}).status_code == 401

@@ -26,7 +26,7 @@ from opensearchpy import OpenSearch, helpers
 from es_rerank import create_app, settings_from_dict
 from es_rerank.config import SharedCacheSettings
 from es_rerank.reranker import OnnxReranker, ScoreStats
-from es_rerank.reranker._shared_cache import RedisStore, SharedScoreCache, attach_shared_cache
+from es_rerank.reranker._shared_cache import attach_shared_cache
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +70,7 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         import redis
 
         self.proc = subprocess.Popen(
@@ -186,7 +186,9 @@ def index_docs(opensearch_url):
     if client.indices.exists(index=INDEX):
         client.indices.delete(index=INDEX)
     client.indices.create(index=INDEX, body={"settings": {"number_of_shards": 1, "number_of_replicas": 0}})
-    helpers.bulk(client, ({"_index": INDEX, "_id": str(i), "title": t, "text": x} for i, (t, x) in enumerate(DOCS)), refresh=True)
+    helpers.bulk(
+        client, ({"_index": INDEX, "_id": str(i), "title": t, "text": x} for i, (t, x) in enumerate(DOCS)), refresh=True
+    )
     yield
     client.indices.delete(index=INDEX)
 
@@ -234,7 +236,18 @@ def two_proxies(tmp_path, opensearch_url, tiny_model_dir, redis_server, index_do
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     procs = {
         f"p{i + 1}": subprocess.Popen(
-            [sys.executable, "-m", "es_rerank.cli", "--log-level", "warning", "serve", "--config", str(config), "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "es_rerank.cli",
+                "--log-level",
+                "warning",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(port),
+            ],
             env=env,
         )
         for i, port in enumerate(ports)
@@ -246,10 +259,15 @@ def two_proxies(tmp_path, opensearch_url, tiny_model_dir, redis_server, index_do
     balancer = subprocess.Popen([haproxy, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         for port in ports:
-            _wait(lambda: httpx.get(f"http://127.0.0.1:{port}/_rerank/health", timeout=2).status_code == 200, 120, "es-rerank serve")
+            health = f"http://127.0.0.1:{port}/_rerank/health"
+            _wait(lambda health=health: httpx.get(health, timeout=2).status_code == 200, 120, "es-rerank serve")
         url = f"http://127.0.0.1:{front}"
         # Both servers up in HAProxy's eyes: two answers from two names.
-        _wait(lambda: len({httpx.get(f"{url}/", timeout=5).headers.get("x-served-by") for _ in range(4)}) == 2, 30, "both proxies checked up")
+        _wait(
+            lambda: len({httpx.get(f"{url}/", timeout=5).headers.get("x-served-by") for _ in range(4)}) == 2,
+            30,
+            "both proxies checked up",
+        )
         yield url, procs
     finally:
         balancer.terminate()
@@ -297,7 +315,9 @@ def test_two_proxies_share_scores_and_survive_one_killed(two_proxies, redis_serv
                 if i % 2:
                     r = client.get(f"{url}/{INDEX}/_count")
                 else:
-                    r = client.post(f"{url}/{INDEX}/_search", json={**SEARCH, "query": {"match": {"text": f"cell {i}"}}})
+                    r = client.post(
+                        f"{url}/{INDEX}/_search", json={**SEARCH, "query": {"match": {"text": f"cell {i}"}}}
+                    )
                 answers.append(r.status_code)
 
         worker = threading.Thread(target=traffic)
