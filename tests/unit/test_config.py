@@ -236,7 +236,7 @@ def test_unknown_model_alone(tmp_path):
         ({"upstream": {"connect_timeout": 0}}, "upstream.connect_timeout"),
         ({"server": {"port": 70000}}, "server.port"),
         ({"models": {"m": {"path": "/m", "head": "three"}}}, "models.m.head"),
-        ({"models": {"m": {}}}, "models.m.path: Field required"),
+        ({"models": {"m": {}}}, "models.m: a model needs exactly one of path (in-process ONNX) and remote (reranking servers)"),
         ({"indices": [{"pattern": "d", "fields": []}]}, "indices.0.fields"),
         ({"indices": [{"pattern": "d", "colour": 1}]}, "indices.0.colour: Extra inputs"),
     ],
