@@ -18,6 +18,7 @@ __all__ = [
     "BodyTooDeepError",
     "ModelError",
     "ModelOverloadedError",
+    "ModelOptionError",
     "UpstreamError",
     "UpstreamUnavailableError",
     "UpstreamTimeoutError",
@@ -84,6 +85,10 @@ class ModelError(RerankError):
     """A model could not be loaded or run (missing file, missing onnxruntime...)."""
 
     type = "rerank_model_exception"
+
+
+class ModelOptionError(ModelError, ValueError):
+    """An engine option is out of range (batch_size 0, a negative wait...); a ValueError too."""
 
 
 class ModelOverloadedError(ModelError):

@@ -43,6 +43,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..errors import ModelOptionError
 from ._stats import ScoreStats
 from ._tokenize import Encoded, padded_width
 
@@ -144,9 +145,9 @@ class Batcher:
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         if max_tokens < 1:
-            raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+            raise ModelOptionError(f"max_tokens must be at least 1, got {max_tokens}")
         if wait_s < 0:
-            raise ValueError(f"wait must be 0 or more, got {wait_s}")
+            raise ModelOptionError(f"wait must be 0 or more, got {wait_s}")
         self.run_batch = run_batch
         self.max_tokens = max_tokens
         self.wait_s = wait_s

@@ -7,6 +7,8 @@ import threading
 from collections import OrderedDict
 from typing import Hashable, Sequence
 
+from ..errors import ModelOptionError
+
 __all__ = ["ScoreCache", "passage_digest"]
 
 
@@ -27,7 +29,7 @@ class ScoreCache:
 
     def __init__(self, maxsize: int) -> None:
         if maxsize < 0:
-            raise ValueError(f"cache size must be 0 (off) or more, got {maxsize}")
+            raise ModelOptionError(f"cache size must be 0 (off) or more, got {maxsize}")
         self.maxsize = maxsize
         self.hits = 0
         self.misses = 0

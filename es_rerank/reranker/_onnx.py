@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import ModelError, ModelOverloadedError
+from ..errors import ModelError, ModelOptionError, ModelOverloadedError
 from ._batcher import Batcher, Job, Overloaded
 from ._cache import ScoreCache
 from ._stats import ScoreStats
@@ -237,17 +237,17 @@ class OnnxReranker:
         wrap_session: Callable[[Any], Any] | None = None,
     ) -> None:
         if head not in ("auto", "single", "two"):
-            raise ValueError(f"head must be 'auto', 'single' or 'two', got {head!r}")
+            raise ModelOptionError(f"head must be 'auto', 'single' or 'two', got {head!r}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise ModelOptionError(f"batch_size must be at least 1, got {batch_size}")
         if intra_op_threads < 0:
-            raise ValueError(f"intra_op_threads must be 0 (physical cores) or more, got {intra_op_threads}")
+            raise ModelOptionError(f"intra_op_threads must be 0 (physical cores) or more, got {intra_op_threads}")
         if max_batch_tokens is not None and max_batch_tokens < 1:
-            raise ValueError(f"max_batch_tokens must be at least 1, got {max_batch_tokens}")
+            raise ModelOptionError(f"max_batch_tokens must be at least 1, got {max_batch_tokens}")
         if batch_wait_ms < 0:
-            raise ValueError(f"batch_wait_ms must be 0 or more, got {batch_wait_ms}")
+            raise ModelOptionError(f"batch_wait_ms must be 0 or more, got {batch_wait_ms}")
         if pad_multiple < 1:
-            raise ValueError(f"pad_multiple must be at least 1, got {pad_multiple}")
+            raise ModelOptionError(f"pad_multiple must be at least 1, got {pad_multiple}")
         self.name = name
         self.tokenizer_path = Path(tokenizer_path)
         ort = import_onnxruntime()
@@ -397,7 +397,7 @@ class OnnxReranker:
     def _check_max_length(self, max_length: int) -> int:
         least = self._tokenizer.min_length()
         if max_length < least:
-            raise ValueError(f"max_length must be at least {least}, got {max_length}")
+            raise ModelOptionError(f"max_length must be at least {least}, got {max_length}")
         return max_length
 
     def _check_inputs(self, session: Any) -> tuple[list[str], dict[str, np.dtype]]:
@@ -510,7 +510,7 @@ class OnnxReranker:
         if batch_size is None:
             batch_size = self.batch_size
         elif batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise ModelOptionError(f"batch_size must be at least 1, got {batch_size}")
         started = time.perf_counter()
         out = np.empty(len(passages), dtype=np.float32)
         keys = [ScoreCache.key(self.name, max_length, query, p) for p in passages]

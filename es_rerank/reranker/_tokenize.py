@@ -25,7 +25,7 @@ from typing import Any, Iterator, Sequence, Union
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from ..errors import ModelError
+from ..errors import ModelError, ModelOptionError
 from ._cache import passage_digest
 
 __all__ = ["PairTokenizer", "Pair", "Batch", "iter_batches", "plan_batches", "make_feeds", "padded_width"]
@@ -117,9 +117,9 @@ class PairTokenizer:
 
     def __init__(self, path: Path, *, cache_size: int = 20_000, threads: int = 1) -> None:
         if cache_size < 0:
-            raise ValueError(f"cache_size must be 0 (off) or more, got {cache_size}")
+            raise ModelOptionError(f"cache_size must be 0 (off) or more, got {cache_size}")
         if threads < 1:
-            raise ValueError(f"threads must be at least 1, got {threads}")
+            raise ModelOptionError(f"threads must be at least 1, got {threads}")
         path = Path(path)
         if not path.is_file():
             raise ModelError(f"tokenizer file {path} does not exist")
@@ -316,11 +316,11 @@ class PairTokenizer:
         token (empty, or only spaces) gives ``[]``.
         """
         if chunk_tokens < 1:
-            raise ValueError(f"chunk_tokens must be at least 1, got {chunk_tokens}")
+            raise ModelOptionError(f"chunk_tokens must be at least 1, got {chunk_tokens}")
         if not 0 <= stride < chunk_tokens:
-            raise ValueError(f"stride must be at least 0 and smaller than chunk_tokens ({chunk_tokens}), got {stride}")
+            raise ModelOptionError(f"stride must be at least 0 and smaller than chunk_tokens ({chunk_tokens}), got {stride}")
         if max_chunks < 1:
-            raise ValueError(f"max_chunks must be at least 1, got {max_chunks}")
+            raise ModelOptionError(f"max_chunks must be at least 1, got {max_chunks}")
         try:
             encoding = self._plain.encode(text, add_special_tokens=False)
         except Exception as exc:

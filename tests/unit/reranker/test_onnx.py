@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -321,3 +322,22 @@ def test_cuda_options_reach_the_cuda_provider(tiny_model_dir, monkeypatch):
     ) as reranker:  # fmt: skip
         assert reranker.provider == "CPUExecutionProvider"  # this machine has no CUDA: ONNX Runtime fell back
     assert asked == [[("CUDAExecutionProvider", {"device_id": "1", "arena_extend_strategy": "kSameAsRequested"}), "CPUExecutionProvider"]]
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ({"batch_size": 0}, "batch_size must be at least 1, got 0"),
+        ({"batch_wait_ms": -1.0}, "batch_wait_ms must be 0 or more"),
+        ({"max_length": 0}, "max_length must be at least"),
+        ({"cache_size": -1}, "cache size must be 0 (off) or more"),
+        ({"token_cache_size": -1}, "cache_size must be 0 (off) or more"),
+    ],
+)
+def test_out_of_range_options_are_model_option_errors(tiny_model_dir, option, message):
+    """A clear error the CLI prints (a RerankError), and still a ValueError for callers that catch one."""
+    from es_rerank.errors import ModelOptionError, RerankError
+
+    with pytest.raises(ModelOptionError, match=re.escape(message)) as info:
+        OnnxReranker("tiny", tiny_model_dir / "model.onnx", tiny_model_dir / "tokenizer.json", **option)
+    assert isinstance(info.value, RerankError) and isinstance(info.value, ValueError)
