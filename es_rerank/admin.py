@@ -67,6 +67,13 @@ class Admin:
         state = self.upstream.state
         status = "ok" if state.reachable else "upstream_unavailable"
         body: dict = {"status": status, "upstream": state.public()}
+        # A model not running as configured (CUDA asked for, CPU in use): serving, but said.
+        infos = {name: r.info() for name, r in self.rerankers.items()}
+        warnings = [f"model {name}: {info['warning']}" for name, info in infos.items() if info.get("warning")]
+        if warnings:
+            body["warnings"] = warnings
+            if state.reachable:
+                body["status"] = "degraded"
         try:
             await self._authorize(request)
         except AccessDeniedError:

@@ -268,6 +268,7 @@ class OnnxReranker:
         self.max_length = self._check_max_length(max_length)
         self._tokenizer.prepare(self.max_length)
         self.batch_size = batch_size
+        batch_tokens_given = max_batch_tokens is not None
         if max_batch_tokens is None:  # measured: 4 full-length rows on CPU (int8 gains most: activations stay in L2), large batches on a GPU
             max_batch_tokens = CUDA_BATCH_TOKENS if requested[0] == CUDA else CPU_BATCH_TOKENS
         self.max_batch_tokens = max_batch_tokens
@@ -305,6 +306,32 @@ class OnnxReranker:
             )
         except Exception as exc:  # onnxruntime raises its own pybind exception types
             raise ModelError(f"model {name!r}: cannot load {self.onnx_path}: {exc}") from None
+
+        # CUDA asked for but not usable (an onnxruntime-gpu built for another CUDA major
+        # version than the system's, no driver, no device): ONNX Runtime quietly runs on the
+        # CPU. Say so loudly (log, info(), /_rerank/health) and size for the CPU: its batch
+        # budget, and its own file instead of the fp16 one chosen for CUDA.
+        self.cuda_unusable = requested[0] == CUDA and session.get_providers()[0] != CUDA
+        if self.cuda_unusable:
+            logger.error(
+                "model %s: CUDA was asked for but ONNX Runtime %s cannot use it (see its messages above: "
+                "onnxruntime-gpu must match the CUDA major version, 1.27+ for CUDA 13, <1.27 for CUDA 12); "
+                "running on %s with CPU-sized batches",
+                name, getattr(ort, "__version__", "?"), session.get_providers()[0],
+            )  # fmt: skip
+            if not batch_tokens_given:
+                max_batch_tokens = CPU_BATCH_TOKENS
+                self.max_batch_tokens = max_batch_tokens
+            cpu_path = dict((_short(k), Path(v)) for k, v in (variants or {}).items()).get("cpu") or self.fp32_onnx_path
+            if cpu_path != self.onnx_path:
+                self.onnx_path, self.fused_at_load = cpu_path, False
+                try:
+                    session = ort.InferenceSession(
+                        str(cpu_path), sess_options=options, providers=[CPU],
+                        disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS),
+                    )  # fmt: skip
+                except Exception as exc:
+                    raise ModelError(f"model {name!r}: cannot load {cpu_path}: {exc}") from None
 
         self._input_names, self._input_dtypes = self._check_inputs(session)
         self._output_name, last_dim = self._check_output(session)
@@ -697,6 +724,12 @@ class OnnxReranker:
             "head": self.head,
             "inputs": list(self._input_names),
             "intra_op_threads": self.intra_op_threads,
+            "max_batch_tokens": self.max_batch_tokens,
+            **(
+                {"warning": "CUDA was asked for but is not usable: running on the CPU (check onnxruntime-gpu against the CUDA version)"}
+                if self.cuda_unusable
+                else {}
+            ),
         }
 
     def token_cache_info(self) -> dict[str, int]:
