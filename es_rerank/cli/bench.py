@@ -10,6 +10,7 @@ import click
 from ..errors import RerankError
 from ..tools.bench import _key_values, format_report, load_bench_data, plot_bench, run_bench
 from ..tools.datasets import save_run
+from ..tools.peers import PEER_NAMES
 from ._common import _fail
 
 
@@ -46,8 +47,8 @@ def _ints(text: str) -> list[int]:
 @click.option("--throughput-queries", default=20, help="queries in the throughput comparison")
 @click.option("--queries-per-cell", default=32, help="queries per (K, clients) latency cell, over all rounds")
 @click.option("--rounds", default=2, help="latency cells of one K alternate between client counts this many times")
-@click.option("--peers", "with_peers", is_flag=True, help="also time sentence-transformers' CrossEncoder (torch and onnx backends)")
-@click.option("--peer", "peer_names", multiple=True, type=click.Choice(["torch", "onnx"]), help="only these peers (implies --peers)")
+@click.option("--peers", "with_peers", is_flag=True, help="also time the peers on the same model: sentence-transformers' CrossEncoder (torch and onnx backends), fastembed, FlashRank, Infinity")
+@click.option("--peer", "peer_names", multiple=True, type=click.Choice(list(PEER_NAMES)), help="only these peers (repeat; implies --peers)")
 @click.option("--hf-dir", type=click.Path(file_okay=False, path_type=Path), help="Hugging Face checkpoint for the peers [default: MODEL/hf]")
 @click.option("--throughput/--no-throughput", default=True, help="the interleaved throughput comparison")
 @click.option("--latency/--no-latency", default=True, help="the latency/concurrency cells")
@@ -94,7 +95,7 @@ def bench(
 ) -> None:
     """Measure the reranker on real pairs: throughput against peers and numpy, latency under concurrency, quality."""
     k_values, clients = _ints(ks), _ints(concurrency)
-    peers = list(peer_names) or (["torch", "onnx"] if with_peers else [])
+    peers = list(peer_names) or (list(PEER_NAMES) if with_peers else [])
     say = lambda message: click.echo(f"[bench] {message}", err=True)  # noqa: E731
     try:
         data = load_bench_data(

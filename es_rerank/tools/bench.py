@@ -9,8 +9,10 @@ Three measurements, printed as tables (and a plot with ``--plot``):
 1. **Throughput** on the same pairs (the first ``--throughput-queries`` queries at
    the largest K), one query per call as the proxy calls it, in one process with
    the same threads: each ONNX variant given with ``--onnx-file`` and, with
-   ``--peers``, sentence-transformers' ``CrossEncoder`` on its PyTorch and its ONNX
-   backends. Calls are interleaved query by query (A, B, C, A, B, C...) so load
+   ``--peers``, the rerankers a user would pick instead, on the same model
+   (``tools/peers.py``): sentence-transformers' ``CrossEncoder`` on its PyTorch and
+   its ONNX backends, fastembed's ``TextCrossEncoder``, FlashRank and Infinity's
+   rerank engine. Calls are interleaved query by query (A, B, C, A, B, C...) so load
    from elsewhere on the machine hits every contender alike, and an fp32 numpy
    matrix multiply is timed between them the same way: the engine's achieved FLOP
    rate (FLOPs per pair from the model's shape and each pair's real token count)
@@ -29,8 +31,6 @@ import asyncio
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +42,7 @@ import numpy as np
 from ..errors import BenchError
 from ..reranker import OnnxReranker, ScoreStats, physical_cores
 from .datasets import beir_files, load_passages, load_qrels, load_queries, load_run
+from .peers import load_peers
 from .reports import percentile
 
 __all__ = [
@@ -215,6 +216,7 @@ class _Contender:
     per_query: list[float] = field(default_factory=list)
     pairs: int = 0
     stats: ScoreStats | None = None  # an engine's tokenize/model split, summed over the timed calls
+    close: Callable[[], None] | None = None  # a peer's: releases its threads and folders
 
     @property
     def kind(self) -> str:
@@ -227,53 +229,13 @@ class _Contender:
         return self.peer_score(query, passages)
 
 
-def _peer_contenders(hf_dir: Path, threads: int, max_length: int, batch_size: int, which: Sequence[str]) -> list[_Contender]:
-    """sentence-transformers' CrossEncoder on its PyTorch and ONNX backends (the ``peers`` extra)."""
-    try:
-        import torch
-        from sentence_transformers import CrossEncoder
-    except ImportError as exc:
-        raise BenchError(
-            f"--peers needs sentence-transformers and torch ({exc}): pip install 'es-rerank[peers]'"
-        ) from None
-    if not hf_dir.is_dir():
-        raise BenchError(f"--peers needs the model as a Hugging Face checkpoint; {hf_dir} is not a directory")
-    torch.set_num_threads(threads)
-    contenders: list[_Contender] = []
-    if "torch" in which:
-        torch_model = CrossEncoder(str(hf_dir), device="cpu", max_length=max_length, backend="torch")
-        torch_model.model.eval()
-
-        def torch_score(query: str, passages: list[str], m: Any = torch_model) -> Any:
-            with torch.inference_mode():
-                return m.predict([(query, p) for p in passages], batch_size=batch_size, show_progress_bar=False)
-
-        contenders.append(_Contender("sentence-transformers torch", peer_score=torch_score))
-    if "onnx" in which:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise BenchError("the ONNX peer needs onnxruntime") from None
-        # The ONNX backend exports the checkpoint with optimum on first load; work on a copy
-        # so a read-only model directory is never written to.
-        work = Path(tempfile.mkdtemp(prefix="es-rerank-bench-st-"))
-        shutil.copytree(hf_dir, work / "model", ignore=shutil.ignore_patterns("onnx"))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        try:
-            onnx_model = CrossEncoder(
-                str(work / "model"), device="cpu", max_length=max_length, backend="onnx",
-                model_kwargs={"provider": "CPUExecutionProvider", "session_options": options},
-            )  # fmt: skip
-        except Exception as exc:  # optimum missing or export failed
-            raise BenchError(f"sentence-transformers' ONNX backend failed to load {hf_dir}: {exc}") from None
-
-        def onnx_score(query: str, passages: list[str], m: Any = onnx_model) -> Any:
-            return m.predict([(query, p) for p in passages], batch_size=batch_size, show_progress_bar=False)
-
-        contenders.append(_Contender("sentence-transformers onnx", peer_score=onnx_score))
-    return contenders
+def _peer_contenders(
+    hf_dir: Path, onnx_path: Path, threads: int, max_length: int, batch_size: int, which: Sequence[str]
+) -> list[_Contender]:
+    """The peers named in ``which`` (es_rerank/tools/peers.py; the ``peers`` extra)."""
+    return [_Contender(p.label, peer_score=p.score, close=p.close) for p in load_peers(
+        hf_dir, onnx_path, threads=threads, max_length=max_length, batch_size=batch_size, which=which
+    )]  # fmt: skip
 
 
 @dataclass
@@ -468,7 +430,7 @@ def run_bench(
     matmul_n: int = 2048,
     progress: Callable[[str], None] | None = None,
 ) -> BenchResult:
-    """Measure; see the module docstring. ``peers`` is a subset of ``("torch", "onnx")``."""
+    """Measure; see the module docstring. ``peers`` is a subset of :data:`~es_rerank.tools.peers.PEER_NAMES`."""
     say = progress or (lambda message: None)
     if rounds < 1 or throughput_queries < 1 or queries_per_cell < 1:
         raise BenchError("rounds, throughput_queries and queries_per_cell must be at least 1")
@@ -513,12 +475,18 @@ def run_bench(
                 contenders.append(_Contender(f"es-rerank {name}", engine=e))
         if peers and throughput:
             say(f"loading peers: {', '.join(peers)}")
-            contenders += _peer_contenders(Path(hf_dir or model_dir / "hf"), threads, max_length, batch_size, peers)
+            onnx_path = model_dir / "model.onnx" if (model_dir / "model.onnx").is_file() else model_dir / onnx_files[0]
+            contenders += _peer_contenders(Path(hf_dir or model_dir / "hf"), onnx_path, threads, max_length, batch_size, peers)
         if contenders:
             say(f"throughput: {len(t_qids)} queries x K={k_max}, {len(contenders)} contender(s), interleaved")
-            np_rate, np_best = _throughput(
-                contenders, data, t_qids, k_max, matmul_n, interleave=first.provider == "CPUExecutionProvider"
-            )
+            try:
+                np_rate, np_best = _throughput(
+                    contenders, data, t_qids, k_max, matmul_n, interleave=first.provider == "CPUExecutionProvider"
+                )
+            finally:
+                for c in contenders:
+                    if c.close is not None:
+                        c.close()
             result.numpy_flop_rate, result.numpy_best_flop_rate = np_rate, np_best
         for c in contenders:
             rate = flops_total / c.seconds
