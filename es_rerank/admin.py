@@ -69,7 +69,7 @@ class Admin:
         body: dict = {"status": status, "upstream": state.public()}
         # A model not running as configured (CUDA asked for, CPU in use): serving, but said.
         infos = {name: r.info() for name, r in self.rerankers.items()}
-        warnings = [f"model {name}: {info['warning']}" for name, info in infos.items() if info.get("warning")]
+        warnings = [f"model {name}: {i['warning']}" for name, i in infos.items() if i.get("warning")]
         if warnings:
             body["warnings"] = warnings
             if state.reachable:
