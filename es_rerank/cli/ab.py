@@ -61,7 +61,7 @@ def report(experiment: str, opensearch_url: str, since: str | None, until: str |
 @click.option("--qrels", "qrels_file", default=str(SHARED / "datasets" / "scifact" / "qrels" / "dev.tsv"), type=click.Path(dir_okay=False, exists=True, path_type=Path), help="BEIR qrels .tsv")
 @click.option("--window", default=20, type=click.IntRange(min=2), help="K: hits reranked per search")
 @click.option("--users", default=1000, type=click.IntRange(min=2), help="simulated users (stable client ids)")
-@click.option("--ab-impressions", default=8000, type=click.IntRange(min=10), help="searches in the A/B experiment")
+@click.option("--ab-impressions", default=16000, type=click.IntRange(min=10), help="searches in the A/B experiment")
 @click.option("--interleave-impressions", default=6000, type=click.IntRange(min=10), help="searches in the interleaving experiment")
 @click.option("--page-size", default=10, type=click.IntRange(min=1), help="hits per page shown to a simulated user")
 @click.option("--attract-rel", default=0.8, type=click.FloatRange(0, 1), help="click probability of a relevant hit the user reads")

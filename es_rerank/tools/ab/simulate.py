@@ -77,7 +77,7 @@ def _rng(*parts: Any) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "big"))
 
 
-def _config(opensearch_url: str, model_dir: Path, index: str, window: int, run: str, fields: Sequence[str]) -> dict:
+def _config(opensearch_url: str, model_dir: Path, index: str, window: int, run: str, seed: int, fields: Sequence[str]) -> dict:
     arms = [{"name": "bm25", "kind": "bm25"}, {"name": "rerank", "kind": "rerank"}]
     return {
         "upstream": {"url": opensearch_url, "timeout": 120},
@@ -85,9 +85,9 @@ def _config(opensearch_url: str, model_dir: Path, index: str, window: int, run: 
         "models": {"sim": {"path": str(model_dir)}},
         "indices": [{"pattern": f"{index}-sim-*", "model": "sim", "window": window, "fields": list(fields)}],
         "experiments": [
-            {"name": f"sim-ab-{run}", "indices": [f"{index}-sim-ab"], "mode": "ab", "salt": f"ab-{run}",
+            {"name": f"sim-ab-{run}", "indices": [f"{index}-sim-ab"], "mode": "ab", "salt": f"ab-seed-{seed}",
              "arms": [{**arms[0], "weight": 50}, {**arms[1], "weight": 50}]},
-            {"name": f"sim-il-{run}", "indices": [f"{index}-sim-il"], "mode": "interleave", "salt": f"il-{run}", "arms": arms},
+            {"name": f"sim-il-{run}", "indices": [f"{index}-sim-il"], "mode": "interleave", "salt": f"il-seed-{seed}", "arms": arms},
         ],
         "ubi": {"flush_interval_ms": 100, "queue_size": 100_000},
     }
@@ -149,7 +149,7 @@ async def _run_mode(
 
 async def simulate_async(
     *, opensearch_url: str, model_dir: Path, queries_file: Path, qrels_file: Path, index: str = "scifact",
-    window: int = 20, users: int = 1000, impressions_ab: int = 8000, impressions_il: int = 6000, page_size: int = 10,
+    window: int = 20, users: int = 1000, impressions_ab: int = 16000, impressions_il: int = 6000, page_size: int = 10,
     clicks: ClickModel = ClickModel(), seed: int = 1, concurrency: int = 4, fields: Sequence[str] = ("title", "text"),
     k: int = 5, metric: str = "rr", out_dir: Path | None = None, progress: bool = True,
     echo: Callable[[str], None] = lambda line: None,
@@ -174,10 +174,10 @@ async def simulate_async(
         r = await direct.post("/_aliases", json={"actions": actions})
         if r.status_code != 200:
             raise SimulationError(f"cannot add the aliases {sorted(aliases.values())}: {r.text[:300]}")
-    settings = settings_from_dict(_config(opensearch_url, model_dir, index, window, run, fields), env={})
+    settings = settings_from_dict(_config(opensearch_url, model_dir, index, window, run, seed, fields), env={})
     app = create_app(settings)
     await app.startup()
-    user_ids = [f"sim-{run}-{n}" for n in range(users)]
+    user_ids = [f"sim-{seed}-{n}" for n in range(users)]  # with the salts from the seed: a run is reproducible
     counts = {}
     t0 = time.perf_counter()
     try:
