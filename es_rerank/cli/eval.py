@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..errors import RerankError
-
-if TYPE_CHECKING:  # pragma: no cover
-    pass
-from ..errors import EvaluationError
-from ..tools.datasets import load_beir
-from ..tools.evaluation import evaluate, format_table, parse_ks, write_outputs
+from ..tools.evaluation import format_table, run_eval
 from ._common import _fail, load_checked_settings
 
 
@@ -87,30 +81,22 @@ def eval_command(
 ) -> None:
     """Measure NDCG@10, MRR@10, Recall and the rerank stage's latency for each K on BEIR data."""
     try:
-        if (config_file is None) == (proxy_url is None):
-            raise EvaluationError(
-                "give either --config FILE (in-process) or --proxy URL with --upstream URL (black-box)"
-            )
-        if proxy_url is not None and not upstream_url:
-            raise EvaluationError("--proxy needs --upstream URL: the first stage is sent to OpenSearch directly")
-        k_list = parse_ks(ks)
-        data = load_beir(queries_file, qrels_file)
-        options: dict[str, Any] = {"index": index, "ks": k_list, "progress": progress}
-        if config_file is not None:
-            settings = load_checked_settings(config_file)
-            if rerank_timeout is not None:
-                server = settings.server.model_copy(update={"rerank_timeout": rerank_timeout})
-                settings = settings.model_copy(update={"server": server})
-            options.update(settings=settings, upstream_url=upstream_url, target_name=str(config_file))
-        else:
-            names = [f.strip() for f in fields.split(",") if f.strip()]
-            options.update(proxy_url=proxy_url, upstream_url=upstream_url, fields=names)
-        if data.unjudged:
-            click.echo(f"note: {data.unjudged} queries without judgements skipped", err=True)
-        result = evaluate(data, **options)
-        paths = write_outputs(result, out_dir)
+        result, paths = run_eval(
+            index=index,
+            queries_file=queries_file,
+            qrels_file=qrels_file,
+            settings=load_checked_settings(config_file) if config_file is not None else None,
+            settings_name=str(config_file) if config_file is not None else None,
+            proxy_url=proxy_url,
+            upstream_url=upstream_url,
+            ks=ks,
+            fields=[f.strip() for f in fields.split(",") if f.strip()],
+            rerank_timeout=rerank_timeout,
+            out_dir=out_dir,
+            progress=progress,
+            note=lambda line: click.echo(line, err=True),
+        )
     except RerankError as exc:
         _fail(exc)
-        return
     click.echo(format_table(result))
     click.echo(f"\nwrote {paths['results']}, {paths['table']} and {paths['plot']}")

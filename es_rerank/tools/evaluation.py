@@ -41,7 +41,7 @@ import httpx
 
 from ..config import IndexSettings, Settings
 from ..errors import EvaluationError, RerankError
-from .datasets import EvalData
+from .datasets import EvalData, load_beir
 from .reports import percentile
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,6 +63,7 @@ __all__ = [
     "fallback_lines",
     "plot_results",
     "write_outputs",
+    "run_eval",
 ]
 
 
@@ -645,3 +646,45 @@ def evaluate(data: EvalData, **options: Any) -> EvalResult:
     ``upstream_url``. ``first_stage_query`` overrides the index's template.
     """
     return asyncio.run(evaluate_async(data, **options))
+
+
+def run_eval(
+    *,
+    index: str,
+    queries_file: Path,
+    qrels_file: Path,
+    settings: Settings | None = None,
+    settings_name: str | None = None,
+    proxy_url: str | None = None,
+    upstream_url: str | None = None,
+    ks: str | Iterable[int] = DEFAULT_KS,
+    fields: Sequence[str] = ("title", "text"),
+    rerank_timeout: float | None = None,
+    out_dir: str | Path = "out/eval",
+    progress: bool = True,
+    note: Callable[[str], None] = lambda line: None,
+) -> tuple[EvalResult, dict[str, Path]]:
+    """``es-rerank eval``: in-process with ``settings`` or black-box with ``proxy_url`` and
+    ``upstream_url``; evaluates, writes results.json, table.txt and the plot under ``out_dir``.
+
+    ``rerank_timeout`` overrides ``server.rerank_timeout`` in-process, so a slow CPU is
+    measured rather than cut off; ``note`` hears what was skipped.
+    """
+    if (settings is None) == (proxy_url is None):
+        raise EvaluationError("give either --config FILE (in-process) or --proxy URL with --upstream URL (black-box)")
+    if proxy_url is not None and not upstream_url:
+        raise EvaluationError("--proxy needs --upstream URL: the first stage is sent to OpenSearch directly")
+    k_list = parse_ks(ks)
+    data = load_beir(queries_file, qrels_file)
+    options: dict[str, Any] = {"index": index, "ks": k_list, "progress": progress}
+    if settings is not None:
+        if rerank_timeout is not None:
+            server = settings.server.model_copy(update={"rerank_timeout": rerank_timeout})
+            settings = settings.model_copy(update={"server": server})
+        options.update(settings=settings, upstream_url=upstream_url, target_name=settings_name)
+    else:
+        options.update(proxy_url=proxy_url, upstream_url=upstream_url, fields=list(fields))
+    if data.unjudged:
+        note(f"note: {data.unjudged} queries without judgements skipped")
+    result = evaluate(data, **options)
+    return result, write_outputs(result, out_dir)
