@@ -724,7 +724,6 @@ class OnnxReranker:
             "head": self.head,
             "inputs": list(self._input_names),
             "intra_op_threads": self.intra_op_threads,
-            "max_batch_tokens": self.max_batch_tokens,
             **(
                 {"warning": "CUDA was asked for but is not usable: running on the CPU (check onnxruntime-gpu against the CUDA version)"}
                 if self.cuda_unusable
