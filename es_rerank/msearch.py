@@ -157,9 +157,8 @@ class MsearchFlow:
         if all(isinstance(item, RerankError) for item in items):
             body = {"took": 0, "responses": [item.to_body() for item in items if isinstance(item, RerankError)]}
             return json_response(body, 200, marks(Outcome.SKIPPED, "invalid_items"))
-        # One claim for the request (its items never supersede each other); items in an
-        # experiment are served by their trial and take none.
-        reranked = [item for item in items if isinstance(item, tuple) and item[1].rerank and item[2] is None]
+        # One claim for the request: its items never supersede each other.
+        reranked = [item for item in items if isinstance(item, tuple) and item[1].rerank]
         claim = None
         if reranked:
             key = self.search.client_key(request, [line.body for line in lines], [spec.pattern for spec, _, _ in reranked])
@@ -198,7 +197,7 @@ class MsearchFlow:
             if item is None or not item[1].rerank:
                 return result, Outcome.SKIPPED
             if item[2] is not None:  # experiments: the arm's order, recorded as served
-                served, scored, _ = await item[2].serve(self.search.scorer, item[1], result, started, upstream_ms, watch())
+                served, scored, _ = await item[2].serve(self.search.scorer, item[1], result, started, upstream_ms, watch(), claim)
                 return served, Outcome.SKIPPED if scored is None else scored.outcome
             reranked, scored, _ = await self.search.scorer.rerank(item[1], item[0], result, started, upstream_ms, watch(), claim)
             return reranked, scored.outcome  # fallback items say so, as a _search does

@@ -96,7 +96,7 @@ class SearchFlow:
         plan = self.plan(spec, planned, params, request)
         # The client's newest search: its older ones stop first (es_rerank/supersession.py),
         # so it is never shed on the queue of the searches it replaced.
-        key = self.client_key(request, [body], [spec.pattern]) if plan.rerank and trial is None else None
+        key = self.client_key(request, [body], [spec.pattern]) if plan.rerank else None
         claim = await self.scorer.claim(key)
         try:
             return await self._planned(request, spec, body, planned, plan, trial, started, claim)
@@ -133,7 +133,7 @@ class SearchFlow:
         data = read_answer(answer.content, response_problem)
         gone = request.disconnected() if request.disconnected is not None else None
         if trial is not None:  # experiments: the arm's order, recorded as served
-            reranked, scored, timings = await trial.serve(self.scorer, plan, data, started, upstream_ms, gone)
+            reranked, scored, timings = await trial.serve(self.scorer, plan, data, started, upstream_ms, gone, claim)
             if scored is None:  # the bm25 arm: first-stage order, nothing scored
                 headers = [*marks(Outcome.SKIPPED, BM25_REASON), *trial.headers()]
                 return relay(rebuilt(request.header("accept-encoding"), answer.headers, dump_for(reranked, params)), headers)

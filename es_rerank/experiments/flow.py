@@ -142,6 +142,7 @@ class Trial:
         started: float,
         upstream_ms: float,
         gone: Awaitable[None] | None = None,
+        claim: Any = None,
     ) -> tuple[dict[str, Any], Any, RequestTimings | None]:
         """The page as the arm serves it, recorded: ``(response, Scored or None, timings or None)``
         (None: the bm25 arm, nothing scored)."""
@@ -155,9 +156,9 @@ class Trial:
             if hasattr(gone, "close"):
                 gone.close()  # nothing to cancel: no model runs for this arm
         elif a.arm is not None:
-            page, scored, timings = await scorer.rerank(plan, self.spec, data, started, upstream_ms, gone)
+            page, scored, timings = await scorer.rerank(plan, self.spec, data, started, upstream_ms, gone, claim)
         else:
-            page, teams, scored, timings = await self._interleaved(scorer, plan, data, started, upstream_ms, gone)
+            page, teams, scored, timings = await self._interleaved(scorer, plan, data, started, upstream_ms, gone, claim)
         hits = page.get("hits", {}).get("hits", [])
         object_id_field = a.ubi.get("object_id_field")
         outcome = "bm25" if scored is None else str(scored.outcome)
@@ -183,12 +184,12 @@ class Trial:
         page["ext"] = {**(ext if isinstance(ext, Mapping) else {}), "ubi": {"query_id": a.query_id}}
         return page, scored, timings
 
-    async def _interleaved(self, scorer, plan, data, started, upstream_ms, gone):
+    async def _interleaved(self, scorer, plan, data, started, upstream_ms, gone, claim=None):
         """Team-draft interleaving of the first-stage and reranked orders of one window,
         sliced to the page; the hits past the window follow in first-stage order."""
         first = data.get("hits", {}).get("hits", [])
         whole = dataclasses.replace(plan, from_=0, size=max(len(first), plan.from_ + plan.size))
-        full, scored, timings = await scorer.rerank(whole, self.spec, data, started, upstream_ms, gone)
+        full, scored, timings = await scorer.rerank(whole, self.spec, data, started, upstream_ms, gone, claim)
         ranked = full["hits"]["hits"]
         # A partial score leaves the window's tail in first-stage order: still the same hits.
         k = min(plan.window, len(first), len(ranked))

@@ -163,3 +163,50 @@ def test_an_msearch_whose_client_leaves_stops_scoring_every_item(proxy):
     sock.close()
     cancelled = {gate.cancelled.get(timeout=WAIT_S) for _ in range(3)}
     assert cancelled == {"alpha", "doc", "beta"}
+
+
+@pytest.fixture()
+def proxy_in_experiment(docs, opensearch_url, tiny_model_dir, serve_app):
+    settings = settings_from_dict(
+        {
+            "upstream": {"url": opensearch_url},
+            "models": {"tiny": {"path": str(tiny_model_dir)}},
+            "indices": [{"pattern": INDEX, "model": "tiny", "fields": ["title", "text"], "window": 5}],
+            "experiments": [
+                {
+                    "name": "typing", "indices": [INDEX], "mode": "ab", "salt": "s",
+                    "arms": [{"name": "rr", "kind": "rerank", "weight": 100}, {"name": "b", "kind": "bm25", "weight": 0}],
+                }
+            ],
+        },
+        env={},
+    )  # fmt: skip
+    gate = Gate(load_rerankers(settings)["tiny"])
+    with serve_app(create_app(settings, rerankers={"tiny": gate})) as served:
+        served.gate = gate
+        yield served
+        gate.open.set()
+
+
+def test_a_search_in_an_experiment_is_superseded_by_the_users_next(proxy_in_experiment):
+    """The user's key (ext.ubi.client_id) is the experiment's and supersession's: no Origin needed."""
+    proxy, gate = proxy_in_experiment, proxy_in_experiment.gate
+    results: dict = {}
+
+    def search(text: str) -> None:
+        body = {"query": {"match": {"text": text}}, "ext": {"ubi": {"client_id": "user-1"}}}
+        results[text] = httpx.post(f"{proxy.url}/{INDEX}/_search", json=body, timeout=WAIT_S)
+
+    older = threading.Thread(target=search, args=("alpha",), daemon=True)
+    older.start()
+    assert gate.arrived.get(timeout=WAIT_S) == "alpha"
+    newer = threading.Thread(target=search, args=("alpha beta",), daemon=True)
+    newer.start()
+    older.join(WAIT_S)
+    answer = results["alpha"]
+    assert (answer.headers["x-rerank"], answer.headers["x-rerank-reason"]) == ("fallback", "superseded")
+    assert answer.headers["x-rerank-arm"] == "rr"  # served (and recorded) as its arm, first-stage order
+    assert gate.arrived.get(timeout=WAIT_S) == "alpha beta"
+    gate.open.set()
+    newer.join(WAIT_S)
+    assert results["alpha beta"].headers["x-rerank"] == "reranked"
