@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from .blend import Blend, parse_blend
 from .config import IndexSettings
 from .errors import BadRequestError, UnknownModelError
 from .querytext import query_text, rerank_ext, strip_rerank_ext
@@ -21,7 +22,7 @@ from .querytext import query_text, rerank_ext, strip_rerank_ext
 __all__ = ["SearchPlan", "plan_search", "passthrough_plan", "DEFAULT_SIZE"]
 
 DEFAULT_SIZE = 10  # OpenSearch's default page size
-_EXT_KEYS = {"enabled", "window_size", "model", "query_context"}
+_EXT_KEYS = {"enabled", "window_size", "model", "query_context", "blend"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class SearchPlan:
     size: int = DEFAULT_SIZE
     # Fields added to the request only so the model can read them; removed again.
     added_fields: tuple[str, ...] = field(default_factory=tuple)
+    # The first-stage score blended into the model's (index ``blend``, ``ext.rerank.blend``); None: off.
+    blend: Blend | None = None
 
 
 # Java's Integer.parseInt: an optional sign and decimal digits of any script.
@@ -139,6 +142,11 @@ def plan_search(
     model = ext.get("model", default_model)
     if model not in models:
         raise UnknownModelError(f"[ext.rerank.model] unknown model [{model}]; known: {sorted(models)}")
+    index_blend = spec.blend.to_blend() if spec.blend is not None else None
+    try:
+        blend = parse_blend(ext["blend"], index_blend) if "blend" in ext else index_blend
+    except ValueError as exc:
+        raise BadRequestError(str(exc)) from None
 
     if not enabled or disabled_by_header:
         return passthrough_plan(body, params, "disabled")
@@ -204,4 +212,5 @@ def plan_search(
         from_=from_,
         size=size,
         added_fields=added,
+        blend=blend,
     )

@@ -27,6 +27,7 @@ from typing import Any, Awaitable, Mapping, Sequence
 
 import numpy as np
 
+from .blend import blend_scores, first_stage_scores
 from .config import IndexSettings, ServerSettings
 from .errors import ModelOverloadedError
 from .metrics import Metrics, RequestTimings
@@ -148,8 +149,13 @@ class Scorer:
         proxy_ms = int(round((time.perf_counter() - started) * 1000 - upstream_ms))
         # A partial window: the scored hits reordered, the rest in first-stage order below.
         planned = plan if scored.scores is None else dataclasses.replace(plan, window=scored.window)
+        scores = scored.scores
+        if scores is not None and plan.blend is not None:  # the first stage's score blended in, per query
+            first = first_stage_scores(window_hits(planned, data))
+            if first is not None and len(first) == len(scores):
+                scores = blend_scores(scores, first, plan.blend)
         rebuilt = rebuild_response(
-            planned, data, scored.scores, proxy_ms=proxy_ms, expose_first_stage=spec.expose_first_stage
+            planned, data, scores, proxy_ms=proxy_ms, expose_first_stage=spec.expose_first_stage
         )
         return rebuilt, scored, timings
 

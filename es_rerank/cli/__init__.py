@@ -9,6 +9,7 @@ import click
 from ._common import CONTEXT
 from .ab import ab
 from .bench import bench
+from .blend import blend_command
 from .config import check_config_command
 from .demo import demo
 from .eval import eval_command
@@ -33,5 +34,5 @@ def main(ctx: click.Context, log_level: str) -> None:
     ctx.obj = {"log_level": log_level}
 
 
-for command in (check_config_command, serve, opensearch, index, demo, model, eval_command, bench, plan_command, ab):
+for command in (check_config_command, serve, opensearch, index, demo, model, eval_command, bench, blend_command, plan_command, ab):
     main.add_command(command)
