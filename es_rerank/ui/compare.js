@@ -4,6 +4,17 @@
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
+let served = null; // the reranked column's answer: its UBI query id and arm when an experiment recorded it
+
+// The page's user, in a cookie of es-rerank's own origin: an experiment whose keys include
+// cookie:es_rerank_client assigns the page's searches (and its clicks go with them).
+function clientId() {
+  const found = document.cookie.split("; ").find((c) => c.startsWith("es_rerank_client="));
+  if (found) return decodeURIComponent(found.split("=")[1]);
+  const id = self.crypto && crypto.randomUUID ? crypto.randomUUID() : `c-${Date.now()}-${Math.random().toString(36).slice(2)}`;
+  document.cookie = `es_rerank_client=${encodeURIComponent(id)}; path=/; max-age=31536000; samesite=lax`;
+  return id;
+}
 
 function text(value) {
   if (value == null) return "";
@@ -50,7 +61,8 @@ async function search(index, query, size, rerank) {
   }
   const h = (name) => answer.headers.get(name);
   return { data, rerank: h("x-rerank"), reason: h("x-rerank-reason"), model: h("x-rerank-model"), window: h("x-rerank-window"),
-           inferenceMs: h("x-rerank-inference-ms"), totalMs: h("x-rerank-total-ms") };
+           inferenceMs: h("x-rerank-inference-ms"), totalMs: h("x-rerank-total-ms"),
+           queryId: h("x-rerank-query-id"), arm: h("x-rerank-arm") };
 }
 
 function hitItem(hit, position, showMove) {
@@ -85,6 +97,7 @@ function render(column, result, showMove) {
   const parts = [`${count} hits`, `took ${result.data.took} ms`];
   if (showMove) {
     parts.unshift(`x-rerank: ${result.rerank}` + (result.reason ? ` (${result.reason})` : ""));
+    if (result.arm) parts.push(`arm ${result.arm}`);
     if (result.model) parts.push(`model ${result.model}`);
     if (result.window) parts.push(`window ${result.window}`);
     if (result.inferenceMs) parts.push(`rerank ${Number(result.inferenceMs).toFixed(0)} ms`);
@@ -108,6 +121,7 @@ async function run() {
     const [bm25, reranked] = await Promise.all([search(index, query, size, false), search(index, query, size, true)]);
     render("bm25", bm25, false);
     render("reranked", reranked, true);
+    served = reranked;
     const moved = reranked.data.hits.hits.filter((h, i) => h._rerank && h._rerank.first_stage_rank !== i + 1).length;
     setStatus(`${moved} of ${reranked.data.hits.hits.length} hits moved`);
     document.body.dataset.state = "done";
@@ -117,10 +131,27 @@ async function run() {
   }
 }
 
+// A click on a served hit is a UBI event when an experiment recorded the search (x-rerank-query-id).
+async function clicked(event) {
+  const li = event.target.closest("li");
+  if (!li || !served || !served.queryId) return;
+  const ordinal = [...li.parentNode.children].indexOf(li);
+  const ubi = {
+    action_name: "click", query_id: served.queryId, client_id: clientId(), message_type: "CLICK_THROUGH",
+    timestamp: new Date().toISOString(), application: "es-rerank-compare",
+    event_attributes: { object: { object_id: li.dataset.id, object_id_field: "_id" }, position: { ordinal } },
+  };
+  const answer = await fetch("/_rerank/ubi/events", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(ubi) });
+  setStatus(answer.ok ? `click on ${li.dataset.id} recorded for query ${served.queryId}` : `click not recorded (HTTP ${answer.status})`, !answer.ok);
+  document.body.dataset.clicks = String(Number(document.body.dataset.clicks || 0) + (answer.ok ? 1 : 0));
+}
+
+$("reranked-hits").addEventListener("click", clicked);
 $("search").addEventListener("submit", (event) => { event.preventDefault(); run(); });
 $("index").addEventListener("change", run);
 $("size").addEventListener("change", run);
 
+clientId();
 loadIndices()
   .then(() => {
     if (params.get("size")) $("size").value = params.get("size");

@@ -22,6 +22,7 @@ import gzip
 import itertools
 import json
 import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -229,5 +230,56 @@ def test_the_compare_page_shows_both_columns(browser, proxy, direct):
         assert "window 20" in page.inner_text("#reranked-meta") and "model tiny" in page.inner_text("#reranked-meta")
         moved = page.eval_on_selector_all("#reranked-hits li .move", "els => els.map(e => e.textContent)")
         assert moved and all("was #" in m for m in moved)
+    finally:
+        page.close()
+
+
+@pytest.fixture(scope="module")
+def proxy_in_experiment(direct, opensearch_url, tiny_model_dir, serve_app):
+    ubi = {"queries_index": "rr-ui-ubi-queries", "events_index": "rr-ui-ubi-events"}
+    settings = settings_from_dict(
+        {
+            "upstream": {"url": opensearch_url, "timeout": 20},
+            "models": {"tiny": {"path": str(tiny_model_dir)}},
+            "indices": [{"pattern": INDEX, "model": "tiny", "fields": ["title", "text"], "window": 20}],
+            "experiments": [
+                {
+                    "name": "compare", "indices": [INDEX], "mode": "ab", "salt": "s", "keys": ["cookie:es_rerank_client"],
+                    "arms": [{"name": "rr", "kind": "rerank", "weight": 100}, {"name": "b", "kind": "bm25", "weight": 0}],
+                }
+            ],
+            "ubi": ubi,
+        },
+        env={},
+    )  # fmt: skip
+    with serve_app(create_app(settings)) as served:
+        yield served
+    for index in ubi.values():
+        direct.indices.delete(index=index, ignore_unavailable=True)
+
+
+def test_the_compare_page_posts_clicks_as_ubi_events_under_an_experiment(browser, proxy_in_experiment, direct):
+    page = browser.new_page()
+    try:
+        page.goto(f"{proxy_in_experiment.url}/_rerank/ui/?index={INDEX}&q={QUERY.replace(' ', '+')}")
+        page.wait_for_function("() => ['done', 'error'].includes(document.body.dataset.state)", timeout=WAIT_MS)
+        assert "arm rr" in page.inner_text("#reranked-meta"), page.inner_text("#reranked-meta")
+        first = page.eval_on_selector("#reranked-hits li", "e => e.dataset.id")
+        page.click("#reranked-hits li .title")
+        page.wait_for_function("() => document.body.dataset.clicks === '1'", timeout=WAIT_MS)
+        direct.indices.refresh(index="rr-ui-ubi-events")
+        events = direct.search(index="rr-ui-ubi-events", body={"query": {"term": {"action_name": "click"}}})["hits"]["hits"]
+        assert [e["_source"]["event_attributes"]["object"]["object_id"] for e in events] == [first]
+        assert events[0]["_source"]["event_attributes"]["position"]["ordinal"] == 0
+        # The click belongs to the search recorded as served (written by the recorder's background flush).
+        query_id = events[0]["_source"]["query_id"]
+        deadline = time.monotonic() + WAIT_MS / 1000
+        while True:
+            direct.indices.refresh(index="rr-ui-ubi-queries", ignore_unavailable=True)
+            found = direct.search(index="rr-ui-ubi-queries", body={"query": {"term": {"query_id": query_id}}}, ignore_unavailable=True)
+            if found["hits"]["total"]["value"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert found["hits"]["total"]["value"] == 1
     finally:
         page.close()
