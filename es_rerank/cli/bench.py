@@ -25,39 +25,95 @@ def _ints(text: str) -> list[int]:
 
 
 @click.command("bench")
-@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="model directory")
-@click.option("--onnx-file", "onnx_files", multiple=True, default=["model.onnx"], help="ONNX file(s) in the model directory to compare (repeat)")
+@click.option(
+    "--model", "model_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="model directory"
+)
+@click.option(
+    "--onnx-file",
+    "onnx_files",
+    multiple=True,
+    default=["model.onnx"],
+    help="ONNX file(s) in the model directory to compare (repeat)",
+)
 @click.option("--tokenizer-file", default="tokenizer.json")
-@click.option("--corpus", "corpus_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="BEIR data set directory")
+@click.option(
+    "--corpus",
+    "corpus_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="BEIR data set directory",
+)
 @click.option("--split", default="dev", help="queries-<split>.jsonl and qrels/<split>.tsv")
-@click.option("--run", "run_file", type=click.Path(dir_okay=False, path_type=Path), help="saved first stage (JSON or TREC run)")
+@click.option(
+    "--run", "run_file", type=click.Path(dir_okay=False, path_type=Path), help="saved first stage (JSON or TREC run)"
+)
 @click.option("--opensearch-url", help="search the first stage here instead of --run")
 @click.option("--index", help="index to search")
-@click.option("--save-run", "save_run_file", type=click.Path(dir_okay=False, path_type=Path), help="write the first stage used as a JSON run")
+@click.option(
+    "--save-run",
+    "save_run_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="write the first stage used as a JSON run",
+)
 @click.option("--ks", default="10,20,50,100", help="window sizes K")
 @click.option("--concurrency", default="1,4,16", help="concurrent clients")
 @click.option("--provider", default="cpu", help="ONNX Runtime provider: cpu, cuda or auto")
 @click.option("--threads", default=0, help="intra-op threads for every contender; 0 = physical cores")
 @click.option("--max-length", default=256)
 @click.option("--batch-size", default=32, help="rows per model run at most (and the peers' batch size)")
-@click.option("--max-batch-tokens", type=int, default=None, help="padded tokens per model run [default: 1024 on CPU, 65536 on CUDA]")
-@click.option("--cuda-option", "cuda_option", multiple=True, metavar="KEY=VALUE", help="an ONNX Runtime CUDA provider option (repeat)")
+@click.option(
+    "--max-batch-tokens",
+    type=int,
+    default=None,
+    help="padded tokens per model run [default: 1024 on CPU, 65536 on CUDA]",
+)
+@click.option(
+    "--cuda-option",
+    "cuda_option",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="an ONNX Runtime CUDA provider option (repeat)",
+)
 @click.option("--allow-spinning", is_flag=True, help="let ONNX Runtime's idle threads spin")
 @click.option("--batch-wait-ms", default=2.0, help="the batcher's wait bound")
 @click.option("--throughput-queries", default=20, help="queries in the throughput comparison")
 @click.option("--queries-per-cell", default=32, help="queries per (K, clients) latency cell, over all rounds")
 @click.option("--rounds", default=2, help="latency cells of one K alternate between client counts this many times")
-@click.option("--peers", "with_peers", is_flag=True, help="also time the peers on the same model: sentence-transformers' CrossEncoder (torch and onnx backends), fastembed, FlashRank, Infinity")
-@click.option("--peer", "peer_names", multiple=True, type=click.Choice(list(PEER_NAMES)), help="only these peers (repeat; implies --peers)")
-@click.option("--hf-dir", type=click.Path(file_okay=False, path_type=Path), help="Hugging Face checkpoint for the peers [default: MODEL/hf]")
+@click.option(
+    "--peers",
+    "with_peers",
+    is_flag=True,
+    help="also time the peers on the same model: sentence-transformers' CrossEncoder (torch and onnx backends), fastembed, FlashRank, Infinity",
+)
+@click.option(
+    "--peer",
+    "peer_names",
+    multiple=True,
+    type=click.Choice(list(PEER_NAMES)),
+    help="only these peers (repeat; implies --peers)",
+)
+@click.option(
+    "--hf-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Hugging Face checkpoint for the peers [default: MODEL/hf]",
+)
 @click.option("--throughput/--no-throughput", default=True, help="the interleaved throughput comparison")
 @click.option("--latency/--no-latency", default=True, help="the latency/concurrency cells")
 @click.option("--quality", is_flag=True, help="NDCG@10 of each ONNX file over every judged query")
-@click.option("--token-cache-size", default=20_000, show_default=True, help="passages whose tokens the engine keeps; 0 = tokenize every pair")
+@click.option(
+    "--token-cache-size",
+    default=20_000,
+    show_default=True,
+    help="passages whose tokens the engine keeps; 0 = tokenize every pair",
+)
 @click.option("--matmul-size", default=2048, help="n of the n x n fp32 numpy product timed between calls")
-@click.option("--deadline-ms", type=float, default=None, help="per-query deadline in the latency cells (counted as timeouts)")
+@click.option(
+    "--deadline-ms", type=float, default=None, help="per-query deadline in the latency cells (counted as timeouts)"
+)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="write a PNG plot here")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write all figures as JSON here")
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write all figures as JSON here"
+)
 def bench(
     model_dir: Path,
     onnx_files: tuple[str, ...],
@@ -104,13 +160,33 @@ def bench(
         if save_run_file:
             say(f"first stage written to {save_run(data.candidates, save_run_file)}")
         result = run_bench(
-            model_dir, data, onnx_files=onnx_files, tokenizer_file=tokenizer_file, provider=provider,
-            threads=threads, max_length=max_length, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-            allow_spinning=allow_spinning, cuda_options=_key_values(cuda_option), batch_wait_ms=batch_wait_ms, ks=k_values, concurrency=clients, throughput_queries=throughput_queries,
-            queries_per_cell=queries_per_cell, rounds=rounds, peers=peers, hf_dir=hf_dir, throughput=throughput, latency=latency,
-            quality=quality, token_cache_size=token_cache_size,
-            deadline_s=deadline_ms / 1000 if deadline_ms else None, matmul_n=matmul_size, progress=say,
-        )  # fmt: skip
+            model_dir,
+            data,
+            onnx_files=onnx_files,
+            tokenizer_file=tokenizer_file,
+            provider=provider,
+            threads=threads,
+            max_length=max_length,
+            batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens,
+            allow_spinning=allow_spinning,
+            cuda_options=_key_values(cuda_option),
+            batch_wait_ms=batch_wait_ms,
+            ks=k_values,
+            concurrency=clients,
+            throughput_queries=throughput_queries,
+            queries_per_cell=queries_per_cell,
+            rounds=rounds,
+            peers=peers,
+            hf_dir=hf_dir,
+            throughput=throughput,
+            latency=latency,
+            quality=quality,
+            token_cache_size=token_cache_size,
+            deadline_s=deadline_ms / 1000 if deadline_ms else None,
+            matmul_n=matmul_size,
+            progress=say,
+        )
     except RerankError as exc:
         _fail(exc)
     click.echo(format_report(result))

@@ -32,9 +32,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import click
 import numpy as np
@@ -233,9 +234,12 @@ def _peer_contenders(
     hf_dir: Path, onnx_path: Path, threads: int, max_length: int, batch_size: int, which: Sequence[str]
 ) -> list[_Contender]:
     """The peers named in ``which`` (es_rerank/tools/peers.py; the ``peers`` extra)."""
-    return [_Contender(p.label, peer_score=p.score, close=p.close) for p in load_peers(
-        hf_dir, onnx_path, threads=threads, max_length=max_length, batch_size=batch_size, which=which
-    )]  # fmt: skip
+    return [
+        _Contender(p.label, peer_score=p.score, close=p.close)
+        for p in load_peers(
+            hf_dir, onnx_path, threads=threads, max_length=max_length, batch_size=batch_size, which=which
+        )
+    ]
 
 
 @dataclass
@@ -390,8 +394,10 @@ async def _cell(
             stats = ScoreStats()
             t0 = time.perf_counter()
             try:
-                await asyncio.wait_for(engine.ascore(data.queries[qid], data.pairs_for(qid, k), stats=stats), deadline_s)
-            except asyncio.TimeoutError:
+                await asyncio.wait_for(
+                    engine.ascore(data.queries[qid], data.pairs_for(qid, k), stats=stats), deadline_s
+                )
+            except TimeoutError:
                 timeouts += 1
             latencies.append(time.perf_counter() - t0)
             stats_list.append(stats)
@@ -445,12 +451,20 @@ def run_bench(
                 (
                     name,
                     OnnxReranker(
-                        name, model_dir / name, model_dir / tokenizer_file, providers=[provider],
-                        max_length=max_length, batch_size=batch_size, intra_op_threads=threads,
-                        max_batch_tokens=max_batch_tokens, batch_wait_ms=batch_wait_ms, cache_size=0,
+                        name,
+                        model_dir / name,
+                        model_dir / tokenizer_file,
+                        providers=[provider],
+                        max_length=max_length,
+                        batch_size=batch_size,
+                        intra_op_threads=threads,
+                        max_batch_tokens=max_batch_tokens,
+                        batch_wait_ms=batch_wait_ms,
+                        cache_size=0,
                         token_cache_size=token_cache_size,
-                        allow_spinning=allow_spinning, cuda_options=cuda_options,
-                    ),  # fmt: skip
+                        allow_spinning=allow_spinning,
+                        cuda_options=cuda_options,
+                    ),
                 )
             )
         first = engines[0][1]
@@ -462,11 +476,19 @@ def run_bench(
         lengths = [n for qid in t_qids for n in first.token_lengths(data.queries[qid], data.pairs_for(qid, k_max))]
         flops_total = pair_flops(shape, lengths)
         result = BenchResult(
-            provider=first.provider, threads=threads, model_shape=shape, throughput_k=k_max,
-            throughput_queries=len(t_qids), mean_tokens=float(np.mean(lengths)),
-            gflop_per_pair=flops_total / len(lengths) / 1e9, numpy_flop_rate=math.nan,
-            numpy_best_flop_rate=math.nan, batch_wait_ms=batch_wait_ms, max_batch_tokens=first.max_batch_tokens, matmul_n=matmul_n,
-        )  # fmt: skip
+            provider=first.provider,
+            threads=threads,
+            model_shape=shape,
+            throughput_k=k_max,
+            throughput_queries=len(t_qids),
+            mean_tokens=float(np.mean(lengths)),
+            gflop_per_pair=flops_total / len(lengths) / 1e9,
+            numpy_flop_rate=math.nan,
+            numpy_best_flop_rate=math.nan,
+            batch_wait_ms=batch_wait_ms,
+            max_batch_tokens=first.max_batch_tokens,
+            matmul_n=matmul_n,
+        )
 
         # 1. throughput, interleaved with the peers and numpy
         contenders: list[_Contender] = []
@@ -476,7 +498,9 @@ def run_bench(
         if peers and throughput:
             say(f"loading peers: {', '.join(peers)}")
             onnx_path = model_dir / "model.onnx" if (model_dir / "model.onnx").is_file() else model_dir / onnx_files[0]
-            contenders += _peer_contenders(Path(hf_dir or model_dir / "hf"), onnx_path, threads, max_length, batch_size, peers)
+            contenders += _peer_contenders(
+                Path(hf_dir or model_dir / "hf"), onnx_path, threads, max_length, batch_size, peers
+            )
         if contenders:
             say(f"throughput: {len(t_qids)} queries x K={k_max}, {len(contenders)} contender(s), interleaved")
             try:
@@ -492,10 +516,16 @@ def run_bench(
             rate = flops_total / c.seconds
             result.throughput.append(
                 ThroughputResult(
-                    label=c.label, kind=c.kind, pairs=c.pairs, seconds=c.seconds, pairs_per_s=c.pairs / c.seconds,
-                    flop_rate=rate, flop_fraction=rate / np_rate, p50_ms=percentile(c.per_query, 50) * 1000,
+                    label=c.label,
+                    kind=c.kind,
+                    pairs=c.pairs,
+                    seconds=c.seconds,
+                    pairs_per_s=c.pairs / c.seconds,
+                    flop_rate=rate,
+                    flop_fraction=rate / np_rate,
+                    p50_ms=percentile(c.per_query, 50) * 1000,
                     **_stage_split(c),
-                )  # fmt: skip
+                )
             )
 
         # 2. latency under concurrency, through ascore and the batcher; the client counts
@@ -515,7 +545,9 @@ def run_bench(
                             latencies, stats, seconds, timeouts = asyncio.run(
                                 _cell(engine, data, cell_qids, k, c, deadline_s)
                             )
-                            a = acc.setdefault(c, {"lat": [], "stats": [], "seconds": 0.0, "timeouts": 0, "runs": 0, "merged": 0})
+                            a = acc.setdefault(
+                                c, {"lat": [], "stats": [], "seconds": 0.0, "timeouts": 0, "runs": 0, "merged": 0}
+                            )
                             a["lat"] += latencies
                             a["stats"] += stats
                             a["seconds"] += seconds
@@ -526,12 +558,21 @@ def run_bench(
                         pairs = sum(s.pairs for s in a["stats"])
                         result.cells.append(
                             CellResult(
-                                label=f"es-rerank {name}", k=k, concurrency=c, queries=len(a["lat"]), pairs=pairs,
-                                seconds=a["seconds"], pairs_per_s=pairs / a["seconds"],
-                                p50_ms=percentile(a["lat"], 50) * 1000, p95_ms=percentile(a["lat"], 95) * 1000,
-                                p99_ms=percentile(a["lat"], 99) * 1000, max_hold_ms=max(s.hold_ms for s in a["stats"]),
-                                merged_runs=a["merged"], runs=a["runs"], timeouts=a["timeouts"],
-                            )  # fmt: skip
+                                label=f"es-rerank {name}",
+                                k=k,
+                                concurrency=c,
+                                queries=len(a["lat"]),
+                                pairs=pairs,
+                                seconds=a["seconds"],
+                                pairs_per_s=pairs / a["seconds"],
+                                p50_ms=percentile(a["lat"], 50) * 1000,
+                                p95_ms=percentile(a["lat"], 95) * 1000,
+                                p99_ms=percentile(a["lat"], 99) * 1000,
+                                max_hold_ms=max(s.hold_ms for s in a["stats"]),
+                                merged_runs=a["merged"],
+                                runs=a["runs"],
+                                timeouts=a["timeouts"],
+                            )
                         )
                 after = engine.token_cache_info()
                 hits, misses = after["hits"] - before["hits"], after["misses"] - before["misses"]
@@ -560,9 +601,13 @@ def run_bench(
                 means, _ = rank_metrics(data.qrels, rankings, recall_at=k_max)
                 result.quality.append(
                     QualityResult(
-                        label=f"es-rerank {name}", queries=len(qids), k=k_max, ndcg10=means["ndcg@10"],
-                        first_stage_ndcg10=fs["ndcg@10"], pairs_per_s=pairs / seconds,
-                    )  # fmt: skip
+                        label=f"es-rerank {name}",
+                        queries=len(qids),
+                        k=k_max,
+                        ndcg10=means["ndcg@10"],
+                        first_stage_ndcg10=fs["ndcg@10"],
+                        pairs_per_s=pairs / seconds,
+                    )
                 )
         return result
     finally:
@@ -572,7 +617,10 @@ def run_bench(
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
@@ -586,29 +634,39 @@ def format_report(result: BenchResult) -> str:
     out: list[str] = []
     shape = result.model_shape
     out.append(
-        f"provider {result.provider}, {result.threads} thread(s); model {shape.layers} layers, hidden {shape.hidden}, "
-        f"intermediate {shape.intermediate}; batches of <= {result.max_batch_tokens} tokens, wait {result.batch_wait_ms:g} ms; "
+        f"provider {result.provider}, {result.threads} thread(s); model {shape.layers} layers, "
+        f"hidden {shape.hidden}, intermediate {shape.intermediate}; batches of <= {result.max_batch_tokens} tokens, "
+        f"wait {result.batch_wait_ms:g} ms; "
         f"TOKENIZERS_PARALLELISM {result.tokenizers_parallelism}"
     )
     if result.throughput:
         out.append(
-            f"throughput pairs: {result.throughput_queries} queries x K={result.throughput_k}, mean {result.mean_tokens:.1f} "
-            f"tokens/pair, {result.gflop_per_pair:.2f} GFLOP/pair"
+            f"throughput pairs: {result.throughput_queries} queries x K={result.throughput_k}, "
+            f"mean {result.mean_tokens:.1f} tokens/pair, {result.gflop_per_pair:.2f} GFLOP/pair"
         )
         out.append(
             f"numpy fp32 matmul ({result.matmul_n}x{result.matmul_n}, between the calls): "
-            f"{result.numpy_flop_rate / 1e9:.1f} GFLOP/s (fastest single product {result.numpy_best_flop_rate / 1e9:.1f})"
+            f"{result.numpy_flop_rate / 1e9:.1f} GFLOP/s "
+            f"(fastest single product {result.numpy_best_flop_rate / 1e9:.1f})"
         )
     out.append("")
     if result.throughput:
         peers = [t for t in result.throughput if t.kind == "peer"]
         cpu = result.provider == "CPUExecutionProvider"
-        header = ["contender", "pairs", "pairs/s", "GFLOP/s", "of numpy", "p50 ms/query"] + [f"x {p.label.split()[-1]}" for p in peers]
+        header = ["contender", "pairs", "pairs/s", "GFLOP/s", "of numpy", "p50 ms/query"] + [
+            f"x {p.label.split()[-1]}" for p in peers
+        ]
         rows = []
         for t in result.throughput:
             rows.append(
-                [t.label, str(t.pairs), f"{t.pairs_per_s:.1f}", f"{t.flop_rate / 1e9:.1f}",
-                 f"{t.flop_fraction:.1%}" if cpu else "n/a (GPU)", f"{t.p50_ms:.0f}"]
+                [
+                    t.label,
+                    str(t.pairs),
+                    f"{t.pairs_per_s:.1f}",
+                    f"{t.flop_rate / 1e9:.1f}",
+                    f"{t.flop_fraction:.1%}" if cpu else "n/a (GPU)",
+                    f"{t.p50_ms:.0f}",
+                ]
                 + [f"{t.pairs_per_s / p.pairs_per_s:.2f}" for p in peers]
             )
         out.append("Throughput (same pairs, same threads, interleaved query by query)")
@@ -620,10 +678,18 @@ def format_report(result: BenchResult) -> str:
             out.append(
                 _table(
                     ["contender", "tokenize ms", "model ms", "model-only pairs/s", "token cache hits"],
-                    [[t.label, f"{t.tokenize_ms:.2f}", f"{t.model_ms:.2f}", f"{t.model_pairs_per_s:.1f}",
-                      f"{t.token_cache_hit_rate:.0%}"] for t in split],
+                    [
+                        [
+                            t.label,
+                            f"{t.tokenize_ms:.2f}",
+                            f"{t.model_ms:.2f}",
+                            f"{t.model_pairs_per_s:.1f}",
+                            f"{t.token_cache_hit_rate:.0%}",
+                        ]
+                        for t in split
+                    ],
                 )
-            )  # fmt: skip
+            )
         top = max(t.pairs_per_s for t in result.throughput)
         out.append("")
         for t in result.throughput:
@@ -631,17 +697,43 @@ def format_report(result: BenchResult) -> str:
         out.append("")
     if result.cells:
         out.append("Latency per query and throughput under concurrency (ascore, cross-request batcher)")
-        header = ["engine", "K", "clients", "queries", "pairs/s", "p50 ms", "p95 ms", "p99 ms", "max hold ms", "merged runs", "timeouts"]
+        header = [
+            "engine",
+            "K",
+            "clients",
+            "queries",
+            "pairs/s",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "max hold ms",
+            "merged runs",
+            "timeouts",
+        ]
         rows = [
-            [c.label, str(c.k), str(c.concurrency), str(c.queries), f"{c.pairs_per_s:.1f}", f"{c.p50_ms:.0f}",
-             f"{c.p95_ms:.0f}", f"{c.p99_ms:.0f}", f"{c.max_hold_ms:.2f}", f"{c.merged_runs}/{c.runs}", str(c.timeouts)]
+            [
+                c.label,
+                str(c.k),
+                str(c.concurrency),
+                str(c.queries),
+                f"{c.pairs_per_s:.1f}",
+                f"{c.p50_ms:.0f}",
+                f"{c.p95_ms:.0f}",
+                f"{c.p99_ms:.0f}",
+                f"{c.max_hold_ms:.2f}",
+                f"{c.merged_runs}/{c.runs}",
+                str(c.timeouts),
+            ]
             for c in result.cells
-        ]  # fmt: skip
+        ]
         out.append(_table(header, rows))
         out.append("")
         top = max(c.pairs_per_s for c in result.cells)
         for c in result.cells:
-            out.append(f"  {c.label} K={c.k:<4} clients={c.concurrency:<3} {_bar(c.pairs_per_s, top)} {c.pairs_per_s:.1f} pairs/s")
+            out.append(
+                f"  {c.label} K={c.k:<4} clients={c.concurrency:<3} "
+                f"{_bar(c.pairs_per_s, top)} {c.pairs_per_s:.1f} pairs/s"
+            )
         by_key: dict[tuple[str, int], dict[int, CellResult]] = {}
         for c in result.cells:
             by_key.setdefault((c.label, c.k), {})[c.concurrency] = c
@@ -656,14 +748,25 @@ def format_report(result: BenchResult) -> str:
                     f"{max(c.max_hold_ms for c in cells.values()):.2f} ms (bound {result.batch_wait_ms:g} ms)"
                 )
         for label, rate in result.cell_token_cache_hit_rate.items():
-            out.append(f"  {label}: {rate:.0%} of the cells' passages had their tokens cached (earlier calls in this run saw them)")
+            out.append(
+                f"  {label}: {rate:.0%} of the cells' passages had their tokens cached "
+                "(earlier calls in this run saw them)"
+            )
         out.append("")
     if result.quality:
-        out.append(f"Quality (NDCG@10, {result.quality[0].queries} judged queries, first stage top {result.quality[0].k})")
+        out.append(
+            f"Quality (NDCG@10, {result.quality[0].queries} judged queries, first stage top {result.quality[0].k})"
+        )
         base = result.quality[0]
         header = ["engine", "first stage", "reranked", "vs first variant", "pairs/s"]
         rows = [
-            [q.label, f"{q.first_stage_ndcg10:.4f}", f"{q.ndcg10:.4f}", f"{q.ndcg10 - base.ndcg10:+.4f}", f"{q.pairs_per_s:.1f}"]
+            [
+                q.label,
+                f"{q.first_stage_ndcg10:.4f}",
+                f"{q.ndcg10:.4f}",
+                f"{q.ndcg10 - base.ndcg10:+.4f}",
+                f"{q.pairs_per_s:.1f}",
+            ]
             for q in result.quality
         ]
         out.append(_table(header, rows))
