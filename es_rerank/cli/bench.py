@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
 
 from ..errors import RerankError
-from ..tools.bench import _key_values, format_report, load_bench_data, plot_bench, run_bench
+from ..tools.bench import BenchOptions, format_report, load_bench_data, plot_bench, run_bench
 from ..tools.datasets import save_run
 from ..tools.peers import PEER_NAMES
 from ._common import _fail
+
+
+def _key_values(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--cuda-option")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def _ints(text: str) -> list[int]:
@@ -152,17 +163,18 @@ def bench(
     """Measure the reranker on real pairs: throughput against peers and numpy, latency under concurrency, quality."""
     k_values, clients = _ints(ks), _ints(concurrency)
     peers = list(peer_names) or (list(PEER_NAMES) if with_peers else [])
-    say = lambda message: click.echo(f"[bench] {message}", err=True)  # noqa: E731
+
+    def say(message: str) -> None:
+        click.echo(f"[bench] {message}", err=True)
+
     try:
         data = load_bench_data(
             corpus_dir, split=split, run_file=run_file, opensearch_url=opensearch_url, index=index, k=max(k_values)
         )
         if save_run_file:
             say(f"first stage written to {save_run(data.candidates, save_run_file)}")
-        result = run_bench(
-            model_dir,
-            data,
-            onnx_files=onnx_files,
+        options = BenchOptions(
+            onnx_files=tuple(onnx_files),
             tokenizer_file=tokenizer_file,
             provider=provider,
             threads=threads,
@@ -172,12 +184,12 @@ def bench(
             allow_spinning=allow_spinning,
             cuda_options=_key_values(cuda_option),
             batch_wait_ms=batch_wait_ms,
-            ks=k_values,
-            concurrency=clients,
+            ks=tuple(k_values),
+            concurrency=tuple(clients),
             throughput_queries=throughput_queries,
             queries_per_cell=queries_per_cell,
             rounds=rounds,
-            peers=peers,
+            peers=tuple(peers),
             hf_dir=hf_dir,
             throughput=throughput,
             latency=latency,
@@ -185,8 +197,8 @@ def bench(
             token_cache_size=token_cache_size,
             deadline_s=deadline_ms / 1000 if deadline_ms else None,
             matmul_n=matmul_size,
-            progress=say,
         )
+        result = run_bench(model_dir, data, options, progress=say)
     except RerankError as exc:
         _fail(exc)
     click.echo(format_report(result))

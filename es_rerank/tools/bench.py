@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 
 from ..errors import BenchError
@@ -58,6 +57,7 @@ __all__ = [
     "model_shape",
     "pair_flops",
     "numpy_matmul",
+    "BenchOptions",
     "run_bench",
     "format_report",
     "plot_bench",
@@ -407,36 +407,76 @@ async def _cell(
     return latencies, stats_list, time.perf_counter() - t0, timeouts
 
 
+@dataclass(frozen=True, kw_only=True)
+class BenchOptions:
+    """What ``es-rerank bench`` measures and how (every option of :func:`run_bench`).
+
+    Engine: ``onnx_files`` (each a contender), ``tokenizer_file``, ``provider`` (cpu, cuda,
+    auto), ``threads`` (0: physical cores), ``max_length``, ``batch_size``,
+    ``max_batch_tokens`` (None: the engine's default), ``batch_wait_ms``, ``allow_spinning``,
+    ``cuda_options``, ``token_cache_size``. Measurements: ``ks``, ``concurrency`` (clients per
+    latency cell), ``throughput_queries``, ``queries_per_cell``, ``rounds``, ``peers`` (a subset
+    of :data:`~es_rerank.tools.peers.PEER_NAMES`; ``hf_dir`` their checkpoint), ``throughput``,
+    ``latency``, ``quality``, ``deadline_s`` (per query in the latency cells), ``matmul_n``.
+    """
+
+    onnx_files: tuple[str, ...] = ("model.onnx",)
+    tokenizer_file: str = "tokenizer.json"
+    provider: str = "cpu"
+    threads: int = 0
+    max_length: int = 256
+    batch_size: int = 32
+    max_batch_tokens: int | None = None
+    batch_wait_ms: float = 2.0
+    allow_spinning: bool = False
+    cuda_options: Mapping[str, str] | None = None
+    token_cache_size: int = 20_000
+    ks: tuple[int, ...] = DEFAULT_KS
+    concurrency: tuple[int, ...] = DEFAULT_CONCURRENCY
+    throughput_queries: int = 20
+    queries_per_cell: int = 16
+    rounds: int = 2
+    peers: tuple[str, ...] = ()
+    hf_dir: str | Path | None = None
+    throughput: bool = True
+    latency: bool = True
+    quality: bool = False
+    deadline_s: float | None = None
+    matmul_n: int = 2048
+
+
 def run_bench(
     model_dir: str | Path,
     data: BenchData,
+    options: BenchOptions | None = None,
     *,
-    onnx_files: Sequence[str] = ("model.onnx",),
-    tokenizer_file: str = "tokenizer.json",
-    provider: str = "cpu",
-    threads: int = 0,
-    max_length: int = 256,
-    batch_size: int = 32,
-    max_batch_tokens: int | None = None,
-    batch_wait_ms: float = 2.0,
-    allow_spinning: bool = False,
-    cuda_options: Mapping[str, str] | None = None,
-    token_cache_size: int = 20_000,
-    ks: Sequence[int] = DEFAULT_KS,
-    concurrency: Sequence[int] = DEFAULT_CONCURRENCY,
-    throughput_queries: int = 20,
-    queries_per_cell: int = 16,
-    rounds: int = 2,
-    peers: Sequence[str] = (),
-    hf_dir: str | Path | None = None,
-    throughput: bool = True,
-    latency: bool = True,
-    quality: bool = False,
-    deadline_s: float | None = None,
-    matmul_n: int = 2048,
     progress: Callable[[str], None] | None = None,
 ) -> BenchResult:
     """Measure; see the module docstring. ``peers`` is a subset of :data:`~es_rerank.tools.peers.PEER_NAMES`."""
+    o = options or BenchOptions()
+    onnx_files = o.onnx_files
+    tokenizer_file = o.tokenizer_file
+    provider = o.provider
+    threads = o.threads
+    max_length = o.max_length
+    batch_size = o.batch_size
+    max_batch_tokens = o.max_batch_tokens
+    batch_wait_ms = o.batch_wait_ms
+    allow_spinning = o.allow_spinning
+    cuda_options = o.cuda_options
+    token_cache_size = o.token_cache_size
+    ks = o.ks
+    concurrency = o.concurrency
+    throughput_queries = o.throughput_queries
+    queries_per_cell = o.queries_per_cell
+    rounds = o.rounds
+    peers = o.peers
+    hf_dir = o.hf_dir
+    throughput = o.throughput
+    latency = o.latency
+    quality = o.quality
+    deadline_s = o.deadline_s
+    matmul_n = o.matmul_n
     say = progress or (lambda message: None)
     if rounds < 1 or throughput_queries < 1 or queries_per_cell < 1:
         raise BenchError("rounds, throughput_queries and queries_per_cell must be at least 1")
@@ -536,17 +576,17 @@ def run_bench(
                 for k in sorted(ks):
                     acc: dict[int, dict[str, Any]] = {}
                     for round_no in range(rounds):
-                        for c in sorted(concurrency):
-                            n = max(queries_per_cell // rounds, c)
+                        for clients in sorted(concurrency):
+                            n = max(queries_per_cell // rounds, clients)
                             offset = round_no * n
                             cell_qids = [qids[(offset + i) % len(qids)] for i in range(n)]
                             runs0, merged0 = engine._batcher.runs, engine._batcher.merged_runs
-                            say(f"latency: {name} K={k} clients={c} round {round_no + 1}/{rounds} ({n} queries)")
+                            say(f"latency: {name} K={k} clients={clients} round {round_no + 1}/{rounds} ({n} queries)")
                             latencies, stats, seconds, timeouts = asyncio.run(
-                                _cell(engine, data, cell_qids, k, c, deadline_s)
+                                _cell(engine, data, cell_qids, k, clients, deadline_s)
                             )
                             a = acc.setdefault(
-                                c, {"lat": [], "stats": [], "seconds": 0.0, "timeouts": 0, "runs": 0, "merged": 0}
+                                clients, {"lat": [], "stats": [], "seconds": 0.0, "timeouts": 0, "runs": 0, "merged": 0}
                             )
                             a["lat"] += latencies
                             a["stats"] += stats
@@ -554,13 +594,13 @@ def run_bench(
                             a["timeouts"] += timeouts
                             a["runs"] += engine._batcher.runs - runs0
                             a["merged"] += engine._batcher.merged_runs - merged0
-                    for c, a in sorted(acc.items()):
+                    for clients, a in sorted(acc.items()):
                         pairs = sum(s.pairs for s in a["stats"])
                         result.cells.append(
                             CellResult(
                                 label=f"es-rerank {name}",
                                 k=k,
-                                concurrency=c,
+                                concurrency=clients,
                                 queries=len(a["lat"]),
                                 pairs=pairs,
                                 seconds=a["seconds"],
@@ -815,13 +855,3 @@ def plot_bench(result: BenchResult, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def _key_values(items: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--cuda-option")
-        out[key.strip()] = value.strip()
-    return out

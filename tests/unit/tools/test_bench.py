@@ -12,14 +12,15 @@ from click.testing import CliRunner
 
 from es_rerank.cli.bench import bench
 from es_rerank.errors import BenchError
-from es_rerank.tools.datasets import save_run
 from es_rerank.tools.bench import (
+    BenchOptions,
     ModelShape,
     format_report,
     load_bench_data,
     model_shape,
     run_bench,
 )
+from es_rerank.tools.datasets import save_run
 
 REAL_MODEL = Path(__file__).resolve().parents[3].parent / "shared/models/scifact-minilm-l6-ce"
 
@@ -89,10 +90,11 @@ def model_dir(tiny_model_dir, tmp_path) -> Path:
 
 def test_a_whole_run_on_the_tiny_model(beir, model_dir):
     data = load_bench_data(beir, run_file=beir / "run.json", k=5)
-    result = run_bench(
-        model_dir, data, onnx_files=["model.onnx", "model.onnx"], ks=[2, 5], concurrency=[1, 3],
+    options = BenchOptions(
+        onnx_files=("model.onnx", "model.onnx"), ks=(2, 5), concurrency=(1, 3),
         throughput_queries=2, queries_per_cell=3, quality=True, matmul_n=64,
     )  # fmt: skip
+    result = run_bench(model_dir, data, options)
     assert [t.pairs for t in result.throughput] == [10, 10]
     for t in result.throughput:  # the engine's split: its model time is part of its wall time
         assert 0 < t.model_ms * len(data.query_ids()[:2]) <= t.seconds * 1000 and t.tokenize_ms >= 0
@@ -131,7 +133,8 @@ def test_peers_without_their_libraries_say_what_to_install(beir, model_dir, monk
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)
     data = load_bench_data(beir, run_file=beir / "run.json", k=2)
     with pytest.raises(BenchError, match=r"es-rerank\[peers\]"):
-        run_bench(model_dir, data, ks=[2], peers=["torch"], latency=False, throughput_queries=1, matmul_n=64)
+        options = BenchOptions(ks=(2,), peers=("torch",), latency=False, throughput_queries=1, matmul_n=64)
+        run_bench(model_dir, data, options)
 
 
 def test_the_first_pass_script_runs_on_cpu(beir, model_dir, tmp_path):
