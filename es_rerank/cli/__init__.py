@@ -34,5 +34,17 @@ def main(ctx: click.Context, log_level: str) -> None:
     ctx.obj = {"log_level": log_level}
 
 
-for command in (check_config_command, serve, opensearch, index, demo, model, eval_command, bench, blend_command, plan_command, ab):
+for command in (
+    check_config_command,
+    serve,
+    opensearch,
+    index,
+    demo,
+    model,
+    eval_command,
+    bench,
+    blend_command,
+    plan_command,
+    ab,
+):
     main.add_command(command)
