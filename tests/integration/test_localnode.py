@@ -1,4 +1,4 @@
-"""es_rerank.localnode: a real local OpenSearch (integration) and its error paths.
+"""es_rerank.tools.localnode: a real local OpenSearch (integration) and its error paths.
 
 The real-node tests fetch the integ-test-zip through Maven (fast once it is in
 ~/.m2) and start a node on free ports with a fresh data dir, so they never touch
@@ -16,9 +16,9 @@ from typing import Iterator
 import httpx
 import pytest
 
-from es_rerank.tools import localnode
 from es_rerank.errors import LocalNodeError
 from es_rerank.tools.localnode import DEFAULT_VERSION, LocalOpenSearch, find_java, java_range
+from es_rerank.tools.localnode import java as localnode_java
 
 needs_mvn = pytest.mark.skipif(shutil.which("mvn") is None, reason="needs Maven (mvn)")
 
@@ -202,7 +202,7 @@ def no_java_on_machine(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setenv("PATH", str(empty))
     jvms = tmp_path / "jvm"
     jvms.mkdir()
-    monkeypatch.setattr(localnode, "_JVM_ROOTS", (jvms,))
+    monkeypatch.setattr(localnode_java, "_JVM_ROOTS", (jvms,))
     return jvms
 
 

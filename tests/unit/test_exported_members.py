@@ -43,7 +43,7 @@ def test_every_exported_name_exists():
 def test_the_local_node_is_a_tool_not_serving_api():
     assert "LocalOpenSearch" not in es_rerank.__all__ and not hasattr(es_rerank, "LocalOpenSearch")
     assert "NodeStatus" not in es_rerank.__all__
-    assert es_rerank.tools.LocalOpenSearch.__module__ == "es_rerank.tools.localnode"
+    assert es_rerank.tools.LocalOpenSearch.__module__ == "es_rerank.tools.localnode.node"
 
 
 def test_the_package_is_typed():

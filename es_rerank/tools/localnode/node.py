@@ -19,95 +19,42 @@ which means ``nobody`` must be able to reach the distribution and the node's fil
 a root home (``/root`` is mode 700) is not reachable, so then the distribution and
 the node's ``config/data/logs/tmp`` live under the system temp dir instead
 (``$TMPDIR/es-rerank-nobody-<hash of the data dir>/``), while ``node.pid`` and
-``node.log`` stay in the data dir.
-"""
+``node.log`` stay in the data dir."""
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
-import pwd
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import httpx
 
-from ..errors import LocalNodeError
+from ...errors import LocalNodeError
+from .distributions import _FLAVORS, _SAFE_VERSION, DEFAULT_ELASTICSEARCH_VERSION, DEFAULT_VERSION, Distribution
+from .files import _LOG_TAIL_LINES, _locked, _maven_errors, _rewrite_jvm_options, _unlink, _write_atomic
+from .java import find_java
+from .process import _describe, _is_our_node, _pid_alive, _port_free, _ready, _signal_group
+from .users import _RUN_AS_USER, _chown_tree, _make_readable, _make_readable_dirs, _reachable, _run_as
 
-__all__ = [
-    "DEFAULT_VERSION",
-    "DEFAULT_ELASTICSEARCH_VERSION",
-    "Distribution",
-    "NodeStatus",
-    "LocalOpenSearch",
-]
+__all__ = ["NodeStatus", "LocalOpenSearch", "default_data_dir"]
 
-logger = logging.getLogger(__name__)
 
-DEFAULT_VERSION = "2.19.6"
-# The last Apache-2.0 Elasticsearch; its OSS integ-test-zip runs on Java 17.
-DEFAULT_ELASTICSEARCH_VERSION = "7.10.2"
+logger = logging.getLogger("es_rerank.tools.localnode")
 
-Distribution = Literal["opensearch", "elasticsearch"]
 
-# The unprivileged account the node runs as when we are root.
-_RUN_AS_USER = "nobody"
-# Where JDKs are looked for after the environment and PATH.
-_JVM_ROOTS: tuple[Path, ...] = (Path("/usr/lib/jvm"), Path("/usr/java"), Path("/opt/java"))
-_LOG_TAIL_LINES = 20
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_SAFE_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.\-_]*$")
 _HEAP = re.compile(r"^[0-9]+[kKmMgG]?$")
-
-
-@dataclass(frozen=True)
-class _Flavor:
-    """What differs between the two distributions."""
-
-    name: str
-    group: str
-    executable: str
-    java_home_env: str
-    java_opts_env: str
-    conf_env: str
-    tmp_env: str
-
-
-_FLAVORS: dict[str, _Flavor] = {
-    "opensearch": _Flavor(
-        name="OpenSearch",
-        group="org.opensearch.distribution.integ-test-zip",
-        executable="opensearch",
-        java_home_env="OPENSEARCH_JAVA_HOME",
-        java_opts_env="OPENSEARCH_JAVA_OPTS",
-        conf_env="OPENSEARCH_PATH_CONF",
-        tmp_env="OPENSEARCH_TMPDIR",
-    ),
-    "elasticsearch": _Flavor(
-        name="Elasticsearch",
-        group="org.elasticsearch.distribution.integ-test-zip",
-        executable="elasticsearch",
-        # 7.10 reads JAVA_HOME; ES_JAVA_HOME is what 7.12+ reads. Both are set.
-        java_home_env="ES_JAVA_HOME",
-        java_opts_env="ES_JAVA_OPTS",
-        conf_env="ES_PATH_CONF",
-        tmp_env="ES_TMPDIR",
-    ),
-}
 
 
 @dataclass
@@ -130,20 +77,6 @@ def default_data_dir() -> Path:
     """``$ES_RERANK_DATA_DIR`` or ``~/.cache/es-rerank``."""
     env = os.environ.get("ES_RERANK_DATA_DIR")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "es-rerank"
-
-
-def java_range(distribution: Distribution, version: str) -> tuple[int, int | None]:
-    """The Java majors (inclusive; None: no upper bound) a distribution version runs on."""
-    major = _major(version)
-    if distribution == "opensearch":
-        if major >= 3:
-            return 21, None
-        # 1.x/2.x need the Security Manager, which Java 24 removed.
-        return (11, 23) if major == 2 else (8, 17)
-    if major >= 8:
-        return 17, 23
-    # 7.10.2 is verified on 17; it predates the newer JDKs.
-    return 11, 17
 
 
 class LocalOpenSearch:
@@ -546,275 +479,3 @@ class LocalOpenSearch:
         if self._proc is not None and self._proc.pid == pid:
             return self._proc.poll() is None
         return _pid_alive(pid)
-
-
-# -- Java ----------------------------------------------------------------------
-
-
-def find_java(distribution: Distribution, version: str) -> Path:
-    """A Java home whose major version suits this distribution version.
-
-    Looked for in ``OPENSEARCH_JAVA_HOME`` (``ES_JAVA_HOME``), ``JAVA_HOME``, the
-    ``java`` on PATH, then the JDKs under /usr/lib/jvm (newest suitable first).
-    """
-    flavor = _FLAVORS[distribution]
-    low, high = java_range(distribution, version)
-    seen: set[Path] = set()
-    tried: list[str] = []
-
-    def suitable(home: Path) -> bool:
-        real = home.resolve()
-        if real in seen or not (real / "bin" / "java").is_file():
-            return False
-        seen.add(real)
-        major = _java_major(real)
-        tried.append(f"{home} (Java {major if major is not None else '?'})")
-        return major is not None and major >= low and (high is None or major <= high)
-
-    for var in (flavor.java_home_env, "JAVA_HOME"):
-        value = os.environ.get(var)
-        if value and suitable(Path(value)):
-            return Path(value)
-    java = shutil.which("java")
-    if java is not None:
-        home = Path(java).resolve().parent.parent
-        if suitable(home):
-            return home
-    installed: list[tuple[int, Path]] = []
-    for root in _JVM_ROOTS:
-        with contextlib.suppress(OSError):
-            for home in sorted(root.iterdir()):
-                if home.is_dir() and suitable(home):
-                    installed.append((_java_major(home.resolve()) or 0, home))
-    if installed:
-        return max(installed, key=lambda item: item[0])[1]
-
-    wanted = f"Java {low}+" if high is None else f"Java {low}-{high}"
-    found = "; found: " + ", ".join(tried) if tried else "; no Java found"
-    package = "openjdk-21-jdk-headless" if high is None else "openjdk-17-jdk-headless"
-    raise LocalNodeError(
-        f"{flavor.name} {version} needs {wanted}{found}. Install one "
-        f"(e.g. `apt-get install {package}`) or point {flavor.java_home_env} at it"
-    )
-
-
-def _java_major(home: Path) -> int | None:
-    text = ""
-    with contextlib.suppress(OSError):
-        release = (home / "release").read_text(errors="replace")
-        match = re.search(r'^JAVA_VERSION="([^"]+)"', release, re.MULTILINE)
-        if match:
-            text = match.group(1)
-    if not text:
-        try:
-            done = subprocess.run(
-                [str(home / "bin" / "java"), "-version"],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=30,
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        match = re.search(r'version "([^"]+)"', done.stderr.decode(errors="replace"))
-        if not match:
-            return None
-        text = match.group(1)
-    parts = text.split(".")
-    try:
-        # "1.8.0_402" is Java 8; "17.0.15" is 17.
-        return int(parts[1]) if parts[0] == "1" and len(parts) > 1 else int(parts[0].split("-")[0])
-    except ValueError:
-        return None
-
-
-# -- helpers -------------------------------------------------------------------
-
-
-def _major(version: str) -> int:
-    try:
-        return int(version.split(".")[0])
-    except ValueError as exc:
-        raise LocalNodeError(f"invalid version {version!r}") from exc
-
-
-def _run_as() -> tuple[int, int] | None:
-    """(uid, gid) to run the node as: ``nobody`` when we are root, else None."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        entry = pwd.getpwnam(_RUN_AS_USER)
-    except KeyError as exc:
-        raise LocalNodeError(
-            "OpenSearch and Elasticsearch refuse to run as root, and there is no "
-            f"'{_RUN_AS_USER}' user to run the node as; run es-rerank as a regular user"
-        ) from exc
-    return entry.pw_uid, entry.pw_gid
-
-
-def _reachable(path: Path, ids: tuple[int, int]) -> bool:
-    """Whether uid/gid ``ids`` can traverse every existing directory down to ``path``."""
-    uid, gid = ids
-    for directory in [*reversed(path.absolute().parents), path.absolute()]:
-        try:
-            st = directory.stat()
-        except FileNotFoundError:
-            return True  # we create the rest ourselves, traversable
-        if st.st_uid == uid:
-            bit = stat.S_IXUSR
-        elif st.st_gid == gid:
-            bit = stat.S_IXGRP
-        else:
-            bit = stat.S_IXOTH
-        if not st.st_mode & bit:
-            return False
-    return True
-
-
-def _make_readable_dirs(root: Path, leaf: Path) -> None:
-    """chmod a+rx every directory from ``root`` down to ``leaf`` (both included).
-
-    Our own directories may have been made under a strict umask.
-    """
-    chain = [leaf, *leaf.parents]
-    for directory in chain[: chain.index(root) + 1] if root in chain else [leaf]:
-        with contextlib.suppress(OSError):
-            mode = directory.stat().st_mode
-            os.chmod(directory, stat.S_IMODE(mode) | 0o555)
-
-
-def _make_readable(tree: Path) -> None:
-    """The unpacked distribution is read by the node's user: a+r, and a+x on dirs."""
-    for dirpath, _dirnames, filenames in os.walk(tree):
-        os.chmod(dirpath, stat.S_IMODE(os.stat(dirpath).st_mode) | 0o555)
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            if not os.path.islink(path):
-                os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) | 0o444)
-
-
-def _chown_tree(tree: Path, uid: int, gid: int) -> None:
-    for dirpath, _dirnames, filenames in os.walk(tree):
-        os.lchown(dirpath, uid, gid)
-        for name in filenames:
-            os.lchown(os.path.join(dirpath, name), uid, gid)
-
-
-def _rewrite_jvm_options(path: Path, logs: Path) -> None:
-    """Point jvm.options' home-relative paths (gc log, heap dumps, crash logs) at ``logs``."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return
-    for old, new in (
-        ("file=logs/", f"file={logs}/"),
-        ("-Xloggc:logs/", f"-Xloggc:{logs}/"),
-        ("-XX:ErrorFile=logs/", f"-XX:ErrorFile={logs}/"),
-        ("-XX:HeapDumpPath=data", f"-XX:HeapDumpPath={logs}"),
-    ):
-        text = text.replace(old, new)
-    path.write_text(text)
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # SO_REUSEADDR: a socket in TIME_WAIT does not count as taken.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _describe(url: str) -> str | None:
-    """'OpenSearch 2.19.6 at URL' when a search engine answers there, else None."""
-    with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError):
-        body = httpx.get(url + "/", timeout=2.0).json()
-        version = body["version"]
-        name = "OpenSearch" if version.get("distribution") == "opensearch" else "Elasticsearch"
-        return f"{name} {version['number']} at {url}"
-    return None
-
-
-def _ready(client: httpx.Client, url: str) -> bool:
-    try:
-        if client.get(url + "/").status_code != 200:
-            return False
-        health = client.get(url + "/_cluster/health", params={"wait_for_status": "yellow", "timeout": "2s"})
-        return health.status_code == 200 and health.json().get("status") in ("yellow", "green")
-    except (httpx.HTTPError, ValueError):
-        return False
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie still "exists"; it is dead for us. Reap it if it is our child.
-    with contextlib.suppress(OSError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        if fields[0] == "Z":
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            return False
-    return True
-
-
-def _is_our_node(pid: int, node_dir: Path) -> bool:
-    """Guard against a reused pid: the process's command line names this node's data path."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True  # no /proc to ask: trust the pid file
-    return f"-Epath.data={node_dir / 'data'}".encode() in cmdline
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, sig)
-
-
-def _maven_errors(output: str) -> str:
-    """What Maven said went wrong (its first error paragraph and the repositories
-    it tried), without its help text; else the tail of its output."""
-    lines = [_ANSI.sub("", line).rstrip() for line in output.splitlines()]
-    errors = [line for line in lines if line.startswith("[ERROR]")]
-    first: list[str] = []
-    for line in errors:
-        if line == "[ERROR]":
-            if first:
-                break
-            continue
-        first.append(line)
-    # "central (https://repo.maven.apache.org/maven2, releases=true, ...)"
-    repos = [line for line in errors if "(http" in line and line not in first]
-    kept = (first + repos)[:_LOG_TAIL_LINES]
-    return "\n".join(kept or [line for line in lines if line][-_LOG_TAIL_LINES:]) or "(no output)"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _unlink(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes (two `start`s must not launch two nodes)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
