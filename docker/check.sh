@@ -36,6 +36,14 @@ if ! "${BUILDAH[@]}" images --quiet localhost/debian-bookworm-base >/dev/null 2>
     debootstrap --variant=minbase bookworm "$WORK/rootfs" http://deb.debian.org/debian >"$WORK/debootstrap.log" 2>&1 \
       || { tail -20 "$WORK/debootstrap.log"; exit 1; }
   fi
+  # This machine's own trust (an intercepting proxy's CA, if any) goes into the stand-in
+  # base, as a registry-pulled base would have it from its network: apt's ca-certificates
+  # picks up /usr/local/share/ca-certificates, pip is told to use the system bundle.
+  if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+    mkdir -p "$WORK/rootfs/usr/local/share/ca-certificates"
+    cp /usr/local/share/ca-certificates/*.crt "$WORK/rootfs/usr/local/share/ca-certificates/"
+    printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' >"$WORK/rootfs/etc/pip.conf"
+  fi
   say "importing it as localhost/debian-bookworm-base"
   tar -C "$WORK/rootfs" --exclude='./proc/*' --exclude='./sys/*' --exclude='./dev/*' -cf "$WORK/rootfs.tar" .
   base=$("${BUILDAH[@]}" from scratch)
@@ -44,10 +52,14 @@ if ! "${BUILDAH[@]}" images --quiet localhost/debian-bookworm-base >/dev/null 2>
   "${BUILDAH[@]}" rm "$base" >/dev/null
 fi
 
-# 2. The CPU image, built from docker/Dockerfile.cpu with that base.
+# 2. The CPU image, built from docker/Dockerfile.cpu with that base (SKIP_BUILD=1: the last one).
+if [ -n "${SKIP_BUILD:-}" ] && "${BUILDAH[@]}" images --quiet localhost/es-rerank:cpu >/dev/null 2>&1; then
+  say "SKIP_BUILD: using the localhost/es-rerank:cpu built before"
+else
 say "buildah build --isolation chroot -f docker/Dockerfile.cpu (BASE=localhost/debian-bookworm-base)"
-"${BUILDAH[@]}" build --isolation chroot --layers=false --build-arg BASE=localhost/debian-bookworm-base \
+"${BUILDAH[@]}" build --isolation chroot --format docker --layers=false --build-arg BASE=localhost/debian-bookworm-base \
   -f docker/Dockerfile.cpu -t localhost/es-rerank:cpu . 2>&1 | grep -vE '^(Copying blob|Writing manifest|Storing signatures|Getting image)' | tail -25
+fi
 "${BUILDAH[@]}" images localhost/es-rerank:cpu
 
 # 3. Run it: the image's root filesystem, the model mounted as the volume, its own config.
@@ -65,17 +77,21 @@ mkdir -p "$root/models/model" "$root/data" "$root/proc"
 mount --bind "$(realpath "$MODEL")" "$root/models/model" 2>/dev/null || cp -r "$MODEL"/. "$root/models/model/"
 mount -t proc proc "$root/proc" 2>/dev/null || true
 cp demo/scifact/corpus.jsonl.gz "$root/data/"
-sed "s#pattern: \"scifact\*\"#pattern: \"$INDEX\"#" docker/es-rerank.yaml >"$root/etc/es-rerank/check.yaml"
+# The image's default config, for this index, with a window and a timeout a shared 2-core
+# machine meets (the default's 5 s is for a GPU or a dedicated CPU).
+sed -e "s#pattern: \"scifact\*\"#pattern: \"$INDEX\"#" -e "s#rerank_timeout: 5#rerank_timeout: 60#" \
+  -e "s#window: 50#window: 20#" docker/es-rerank.yaml >"$root/etc/es-rerank/check.yaml"
 run_in_image() {  # as the image's USER, with its environment
-  chroot --userspec=nobody:nogroup "$root" /usr/bin/env -i PATH=/opt/venv/bin:/usr/bin:/bin HOME=/tmp \
+  exec chroot --userspec=nobody:nogroup "$root" /usr/bin/env -i PATH=/opt/venv/bin:/usr/bin:/bin HOME=/tmp \
     PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false ES_RERANK_UPSTREAM_URL="$OPENSEARCH_URL" "$@"
 }
 
 say "the one-shot indexing job: es-rerank index (SciFact) from the image into $OPENSEARCH_URL/$INDEX"
-run_in_image es-rerank index --config /etc/es-rerank/check.yaml --index "$INDEX" \
-  --corpus /data/corpus.jsonl.gz --mapping /app/mappings/scifact.json --recreate
+(run_in_image es-rerank index --config /etc/es-rerank/check.yaml --index "$INDEX" \
+  --corpus /data/corpus.jsonl.gz --mapping /app/mappings/scifact.json --recreate)
 
 say "es-rerank serve from the image on 127.0.0.1:$PORT"
+if curl -s -o /dev/null "http://127.0.0.1:$PORT/"; then echo "port $PORT is taken (PORT=... for another)"; exit 1; fi
 run_in_image es-rerank serve --config /etc/es-rerank/check.yaml --host 127.0.0.1 --port "$PORT" >"$WORK/serve.log" 2>&1 &
 server=$!
 for _ in $(seq 1 300); do
