@@ -128,11 +128,13 @@ def main() -> None:
         try:
             off.wait()
             on.wait()
+            off_pt = {"x-rerank-enabled": "false"}
+            # row: (off alias, off headers, on alias, on headers, recorded on the "on" server)
             rows = {
-                "pass-through": ("rr", {"x-rerank-enabled": "false"}, "rr"),
-                "reranked": ("rr", {}, "rr"),
-                "bm25 arm (vs pass-through off)": ("rr", {"x-rerank-enabled": "false"}, "bm"),
-                "interleaved (vs reranked off)": ("rr", {}, "il"),
+                "pass-through": ("rr", off_pt, "rr", off_pt, False),
+                "reranked": ("rr", {}, "rr", {}, True),
+                "bm25 arm (vs pass-through off)": ("rr", off_pt, "bm", {}, True),
+                "interleaved (vs reranked off)": ("rr", {}, "il", {}, True),
             }
             times: dict[str, dict[str, list[float]]] = {r: {"off": [], "on": []} for r in rows}
             with httpx.Client(timeout=120) as client:
@@ -147,18 +149,28 @@ def main() -> None:
                     return ms
 
                 for text in texts:  # warm: every query scored once on each server (score cache on)
-                    for row, (off_alias, headers, on_alias) in rows.items():
-                        one(off.url, off_alias, text, headers, 0)
-                        one(on.url, on_alias, text, headers, 0)
+                    for row, (off_alias, off_headers, on_alias, on_headers, _) in rows.items():
+                        one(off.url, off_alias, text, off_headers, 0)
+                        one(on.url, on_alias, text, on_headers, 0)
                 for i in range(args.rounds):
                     text = texts[i % len(texts)]
-                    for row, (off_alias, headers, on_alias) in rows.items():
-                        pair = [("off", off.url, off_alias), ("on", on.url, on_alias)]
+                    for row, (off_alias, off_headers, on_alias, on_headers, _) in rows.items():
+                        pair = [("off", off.url, off_alias, off_headers), ("on", on.url, on_alias, on_headers)]
                         if i % 2:
                             pair.reverse()
-                        for label, base, alias in pair:
+                        for label, base, alias, headers in pair:
                             times[row][label].append(one(base, alias, text, headers, i))
-                metrics = client.get(on.url + "/_rerank/metrics").text
+                expected = (len(texts) + args.rounds) * sum(1 for r in rows.values() if r[4])
+                deadline = time.time() + 30  # the recorder writes every 200 ms: wait for the last batch
+                while True:
+                    metrics = client.get(on.url + "/_rerank/metrics").text
+                    written = sum(
+                        float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                        if line.startswith("es_rerank_ubi_documents_total{") and 'outcome="written"' in line
+                    )
+                    if written >= expected or time.time() > deadline:
+                        break
+                    time.sleep(0.2)
         finally:
             on.stop()
             off.stop()
@@ -172,7 +184,7 @@ def main() -> None:
         p95 = {k: sorted(v)[int(0.95 * (len(v) - 1))] for k, v in t.items()}
         result[row] = {"p50": p50, "p95": p95, "delta_p50_ms": p50["on"] - p50["off"]}
         print(f"| {row} | {p50['off']:.2f} | {p50['on']:.2f} | {p50['on'] - p50['off']:+.2f} | {p95['off']:.2f} | {p95['on']:.2f} |")
-    print("UBI documents (experiments on): " + "; ".join(line.split("{", 1)[1] for line in ubi))
+    print(f"UBI documents (experiments on), {expected} searches recorded: " + "; ".join(line.split("{", 1)[1] for line in ubi))
     cost = result["reranked"]["delta_p50_ms"]
     print(f"recording cost at the median (reranked, on - off): {cost:+.2f} ms (target <= 0.3 ms)")
     if args.out:
