@@ -36,10 +36,7 @@ import numpy as np
 
 from ...config import settings_from_dict
 from ...errors import RerankError
-try:  # the BEIR reader moves from evaluation to datasets
-    from ..datasets import load_beir
-except ImportError:  # pragma: no cover
-    from ..evaluation import load_beir
+from ..datasets import load_beir
 from .report import build_report, format_report, impressions_from, plot_curves, read_ubi, write_report
 
 __all__ = ["ClickModel", "SimulationError", "simulate", "format_summary"]
