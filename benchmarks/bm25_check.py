@@ -143,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     runs = {}
     runs["opensearch"], index_settings = opensearch_run(args.upstream, args.index, data.queries)
-    similarity = index_settings.get("settings", {}).get("index", {}).get("similarity") or "default (BM25, k1 1.2, b 0.75)"
+    similarity = (
+        index_settings.get("settings", {}).get("index", {}).get("similarity") or "default (BM25, k1 1.2, b 0.75)"
+    )
     runs["matched"] = bm25s_matched(corpus, data.queries)
     runs["card"] = bm25s_model_card(corpus, data.queries)
     figures = {name: rank_metrics(data.qrels, run, recall_at=DEPTH)[0] for name, run in runs.items()}
@@ -153,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         "matched": "bm25s: k1 1.2, b 0.75, Lucene idf, standard-like tokens, no stemming/stop words, per field, best_fields tie 0.5",
         "card": "bm25s: k1 1.5, b 0.75, title+abstract as one text, \\w\\w+ tokens, no stemming/stop words (model card)",
     }
-    print(f"BM25 on {args.queries.name} / {args.qrels.name}: {len(data.queries)} queries, {len(corpus[0])} documents, top {DEPTH}")
+    print(
+        f"BM25 on {args.queries.name} / {args.qrels.name}: {len(data.queries)} queries, {len(corpus[0])} documents, top {DEPTH}"
+    )
     print(f"{'':<12} {'NDCG@10':>8} {'MRR@10':>8} {'R@100':>8}  top-10 overlap with OpenSearch")
     for name in ("opensearch", "matched", "card"):
         f = figures[name]

@@ -44,11 +44,11 @@ from pathlib import Path
 
 import numpy as np
 
-from es_rerank.tools.bench import load_bench_data
 from es_rerank.reranker import OnnxReranker, ScoreStats
 from es_rerank.reranker._onnx import cuda_warmup_batches, import_onnxruntime
-from es_rerank.reranker.optimize import CPU_DISABLED_OPTIMIZERS
 from es_rerank.reranker._tokenize import plan_batches
+from es_rerank.reranker.optimize import CPU_DISABLED_OPTIMIZERS
+from es_rerank.tools.bench import load_bench_data
 
 WARMUPS = ("none", "full", "padded")
 
@@ -90,7 +90,9 @@ def profiled(engine: OnnxReranker, path: Path, prefix: str, cuda_options: dict[s
 def slowest_runs(profile: Path, first: int, shapes: list[tuple[int, int, int]], top: int = 3, nodes: int = 5) -> None:
     """The ``top`` slowest model runs from run number ``first`` on, with their slowest nodes."""
     events = json.loads(profile.read_text())
-    runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"), key=lambda e: e["ts"])
+    runs = sorted(
+        (e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"), key=lambda e: e["ts"]
+    )
     runs = runs[first : first + len(shapes)]
     node_events = [e for e in events if e.get("cat") == "Node"]
     for number in sorted(range(len(runs)), key=lambda i: -runs[i]["dur"])[:top]:
@@ -99,10 +101,17 @@ def slowest_runs(profile: Path, first: int, shapes: list[tuple[int, int, int]], 
         query, rows, width = shapes[number]
         worst = ", ".join(
             f"{e['args'].get('op_name', '?')} {e['name'].removesuffix('_kernel_time')} {e['dur'] / 1000:.1f} ms"
-            + (f" (arena +{int(e['args']['mem_arena_held_delta']) >> 20} MiB)" if int(e["args"].get("mem_arena_held_delta", 0)) >= 1 << 20 else "")
+            + (
+                f" (arena +{int(e['args']['mem_arena_held_delta']) >> 20} MiB)"
+                if int(e["args"].get("mem_arena_held_delta", 0)) >= 1 << 20
+                else ""
+            )
             for e in sorted(inside, key=lambda e: -e["dur"])[:nodes]
         )
-        print(f"    run {number} (q{query}, {rows} x {width}): {run['dur'] / 1000:.1f} ms; nodes {sum(e['dur'] for e in inside) / 1000:.1f} ms: {worst}", flush=True)
+        print(
+            f"    run {number} (q{query}, {rows} x {width}): {run['dur'] / 1000:.1f} ms; nodes {sum(e['dur'] for e in inside) / 1000:.1f} ms: {worst}",
+            flush=True,
+        )
 
 
 def engine_pass(engine: OnnxReranker, searches: list[tuple[str, list[str]]]) -> list[tuple[float, float, float, float]]:
@@ -140,7 +149,10 @@ def measure(args: argparse.Namespace, onnx_file: str, kind: str, cuda_options: d
     """One fresh session of ``onnx_file``, the ``kind`` of warm-up, then two passes."""
     data = load_bench_data(args.corpus, run_file=args.run, k=args.k)
     qids = data.query_ids()[: args.queries]
-    print(f"{len(qids)} queries x K={args.k}, batches of <= {args.batch_size} rows and {args.max_batch_tokens} tokens", flush=True)
+    print(
+        f"{len(qids)} queries x K={args.k}, batches of <= {args.batch_size} rows and {args.max_batch_tokens} tokens",
+        flush=True,
+    )
     engine = OnnxReranker(
         "first-pass", args.model_dir / onnx_file, args.model_dir / "tokenizer.json",
         providers=[args.provider], cuda_options=cuda_options or None, warmup=False,
@@ -157,7 +169,9 @@ def measure(args: argparse.Namespace, onnx_file: str, kind: str, cuda_options: d
         engine._run_batch = run_batch
         queries = []
         for qid in qids:  # tokenized up front: only the model is timed
-            encodings = engine._tokenizer.encode_pairs(data.queries[qid], data.pairs_for(qid, args.k), engine.max_length)
+            encodings = engine._tokenizer.encode_pairs(
+                data.queries[qid], data.pairs_for(qid, args.k), engine.max_length
+            )
             runs = plan_batches([len(e.ids) for e in encodings], engine.batch_size,
                                 max_tokens=engine.max_batch_tokens, pad_multiple=engine.pad_multiple,
                                 max_width=engine.max_length)  # fmt: skip
@@ -176,7 +190,9 @@ def measure(args: argparse.Namespace, onnx_file: str, kind: str, cuda_options: d
     totals = [row[0] for row in rows]
     bound = 2 * float(np.median(totals)) + 5
     slow = [(i, row) for i, row in enumerate(rows) if row[0] > bound]
-    shown = ", ".join(f"q{i}: {t:.0f} ms (tokenize {tok:.0f}, model {m:.0f}, gc {g:.0f})" for i, (t, tok, m, g) in slow[:8])
+    shown = ", ".join(
+        f"q{i}: {t:.0f} ms (tokenize {tok:.0f}, model {m:.0f}, gc {g:.0f})" for i, (t, tok, m, g) in slow[:8]
+    )
     print(f"{label} engine pass, cold token cache: {summary(totals)}  gc {sum(r[3] for r in rows):.0f} ms in all"
           f"  slow (> {bound:.1f} ms): {len(slow)} {shown}", flush=True)  # fmt: skip
     if profile is not None:
@@ -221,7 +237,9 @@ def main() -> None:
         for kind in kinds:
             with tempfile.TemporaryDirectory() as cache:
                 env = {**os.environ, "CUDA_CACHE_PATH": cache}
-                done = subprocess.run([sys.executable, __file__, *rest, "--onnx-file", onnx_file, "--warmup", kind], env=env)
+                done = subprocess.run(
+                    [sys.executable, __file__, *rest, "--onnx-file", onnx_file, "--warmup", kind], env=env
+                )
             if done.returncode:
                 raise SystemExit(done.returncode)
 

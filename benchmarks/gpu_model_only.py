@@ -18,12 +18,22 @@ with open(corpus / "corpus.jsonl") as f:
 texts = [(d.get("title", "") + " " + d["text"]).strip() for d in docs]
 query = "0-dimensional biomaterials show inductive properties."
 for name in ("model.onnx", "model.fp16.onnx"):
-    engine = OnnxReranker("m", model_dir / name, model_dir / "tokenizer.json", providers=["cuda"], batch_size=2048, max_batch_tokens=1 << 20)
+    engine = OnnxReranker(
+        "m",
+        model_dir / name,
+        model_dir / "tokenizer.json",
+        providers=["cuda"],
+        batch_size=2048,
+        max_batch_tokens=1 << 20,
+    )
     for label, q in (("cold", query), ("warm", query + " x")):
         t0 = time.perf_counter()
         pairs = engine._tokenizer.encode_pairs(q, texts, 256)
         dt = time.perf_counter() - t0
-        print(f"{name}: {label} tokenize {len(texts)} passages {1000 * dt:.1f} ms = {len(texts) / dt:.0f} pairs/s", flush=True)
+        print(
+            f"{name}: {label} tokenize {len(texts)} passages {1000 * dt:.1f} ms = {len(texts) / dt:.0f} pairs/s",
+            flush=True,
+        )
     for rows in (100, 256, 512, 1024, 2048):
         batch = pairs[:rows]
         engine._run_batch(batch, 256)

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from tqdm import tqdm
-
 from proxy_latency import ROOT, SHARED, _free_port, _queries, _search_body, ensure_index, start_proxy
+from tqdm import tqdm
 
 
 def open_loop(url: str, index: str, queries: list[str], rate: float, seconds: float, k: int) -> list[tuple[str, float]]:
@@ -68,7 +67,10 @@ def summarize(mode: str, results: list[tuple[str, float]], seconds: float) -> di
         "mode": mode,
         "searches": len(results),
         "reranked_per_s": len(by.get("reranked", [])) / seconds,
-        "kinds": {r: {"n": len(v), "p50_ms": float(np.percentile(v, 50)), "p95_ms": float(np.percentile(v, 95))} for r, v in sorted(by.items())},
+        "kinds": {
+            r: {"n": len(v), "p50_ms": float(np.percentile(v, 50)), "p95_ms": float(np.percentile(v, 95))}
+            for r, v in sorted(by.items())
+        },
     }
 
 
@@ -124,9 +126,17 @@ def main() -> int:
         try:
             url = f"http://127.0.0.1:{port}"
             for q in queries[-2:]:  # searches alone first: the model's rate is known after them
-                httpx.post(f"{url}/{args.index}/_search", json={**_search_body(q), "ext": {"rerank": {"window_size": args.k}}}, timeout=300)
-            print(f"[overload] {mode}: {args.rate:g} searches a second for {args.seconds:.0f} s, K={args.k}", flush=True)
-            rows.append(summarize(mode, open_loop(url, args.index, queries, args.rate, args.seconds, args.k), args.seconds))
+                httpx.post(
+                    f"{url}/{args.index}/_search",
+                    json={**_search_body(q), "ext": {"rerank": {"window_size": args.k}}},
+                    timeout=300,
+                )
+            print(
+                f"[overload] {mode}: {args.rate:g} searches a second for {args.seconds:.0f} s, K={args.k}", flush=True
+            )
+            rows.append(
+                summarize(mode, open_loop(url, args.index, queries, args.rate, args.seconds, args.k), args.seconds)
+            )
         finally:
             proc.terminate()
             proc.wait(30)

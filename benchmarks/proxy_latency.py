@@ -47,7 +47,11 @@ def _queries(path: Path, n: int) -> list[str]:
 
 
 def _search_body(text: str, size: int = 10) -> dict:
-    return {"query": {"multi_match": {"query": text, "fields": ["title", "text"], "tie_breaker": 0.5}}, "size": size, "_source": ["title"]}
+    return {
+        "query": {"multi_match": {"query": text, "fields": ["title", "text"], "tie_breaker": 0.5}},
+        "size": size,
+        "_source": ["title"],
+    }
 
 
 def ensure_index(opensearch_url: str, index: str) -> None:
@@ -57,12 +61,21 @@ def ensure_index(opensearch_url: str, index: str) -> None:
 
         from es_rerank.tools.indexing import index_corpus, load_mapping
 
-        corpus, mapping = ROOT / "demo" / "scifact" / "corpus.jsonl.gz", load_mapping(ROOT / "mappings" / "scifact.json")
+        corpus, mapping = (
+            ROOT / "demo" / "scifact" / "corpus.jsonl.gz",
+            load_mapping(ROOT / "mappings" / "scifact.json"),
+        )
         index_corpus(OpenSearch(opensearch_url, timeout=120), index, corpus, mapping=mapping)
 
 
 def start_proxy(
-    opensearch_url: str, model: Path, port: int, index: str, *, server: dict | None = None, model_settings: dict | None = None
+    opensearch_url: str,
+    model: Path,
+    port: int,
+    index: str,
+    *,
+    server: dict | None = None,
+    model_settings: dict | None = None,
 ) -> subprocess.Popen:
     """``es-rerank serve`` in a process of its own, serving ``model`` for ``index``; ready when it returns."""
     config = {
@@ -191,14 +204,28 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\nmodel: {args.model} on {model_info.get('provider')}, {os.cpu_count()} CPUs")
     print(f"pass-through _search (rerank off), {passthrough['requests']} interleaved requests:")
-    print(f"  direct p50 {passthrough['direct_p50_ms']:.2f} ms | via es-rerank p50 {passthrough['proxy_p50_ms']:.2f} ms | "
-          f"added p50 {passthrough['added_p50_ms']:.2f} ms, p95 {passthrough['added_p95_ms']:.2f} ms")
+    print(
+        f"  direct p50 {passthrough['direct_p50_ms']:.2f} ms | via es-rerank p50 {passthrough['proxy_p50_ms']:.2f} ms | "
+        f"added p50 {passthrough['added_p50_ms']:.2f} ms, p95 {passthrough['added_p95_ms']:.2f} ms"
+    )
     print("reranked _search through es-rerank:")
     print(f"  {'K':>4} {'queries':>7} {'p50 ms':>9} {'p95 ms':>9} {'rerank p50':>11} {'rerank p95':>11} {'pairs/s':>8}")
     for r in rows:
-        print(f"  {r['k']:>4} {r['queries']:>7} {r['p50_ms']:>9.1f} {r['p95_ms']:>9.1f} {r['rerank_p50_ms']:>11.1f} {r['rerank_p95_ms']:>11.1f} {r['pairs_per_s']:>8.1f}")
+        print(
+            f"  {r['k']:>4} {r['queries']:>7} {r['p50_ms']:>9.1f} {r['p95_ms']:>9.1f} {r['rerank_p50_ms']:>11.1f} {r['rerank_p95_ms']:>11.1f} {r['pairs_per_s']:>8.1f}"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"model": str(args.model), "provider": model_info.get("provider"), "passthrough": passthrough, "reranked": rows}, indent=2))
+    (args.out / "results.json").write_text(
+        json.dumps(
+            {
+                "model": str(args.model),
+                "provider": model_info.get("provider"),
+                "passthrough": passthrough,
+                "reranked": rows,
+            },
+            indent=2,
+        )
+    )
     plot(rows, args.out / "latency.png")
     print(f"wrote {args.out / 'results.json'} and {args.out / 'latency.png'}")
     return 0

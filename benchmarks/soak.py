@@ -36,7 +36,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-
 from proxy_latency import ROOT, _free_port, _queries, _search_body, ensure_index, start_proxy
 
 MAIN_MODEL = "bench"  # the model's name in start_proxy's config
@@ -59,7 +58,11 @@ def clients_at(t: float, total: float, low: int, high: int) -> int:
 
 def outcome_of(kind: str, headers: httpx.Headers) -> str:
     """What a client got, by the proxy's headers."""
-    status, reason, model = headers.get("x-rerank", ""), headers.get("x-rerank-reason", ""), headers.get("x-rerank-model", "")
+    status, reason, model = (
+        headers.get("x-rerank", ""),
+        headers.get("x-rerank-reason", ""),
+        headers.get("x-rerank-model", ""),
+    )
     if kind == "pass-through":
         return f"pass-through ({status}/{reason})"
     if status == "reranked":
@@ -74,8 +77,19 @@ def outcome_of(kind: str, headers: httpx.Headers) -> str:
 class Soak:
     """The clients, the samples and the results of one run."""
 
-    def __init__(self, url: str, index: str, queries: list[str], *, seconds: float, low: int, high: int, k: int,
-                 rerank_share: float, proxy_pid: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        index: str,
+        queries: list[str],
+        *,
+        seconds: float,
+        low: int,
+        high: int,
+        k: int,
+        rerank_share: float,
+        proxy_pid: int,
+    ) -> None:
         self.url, self.index, self.queries = url, index, queries
         self.seconds, self.low, self.high, self.k = seconds, low, high, k
         self.rerank_share, self.proxy_pid = rerank_share, proxy_pid
@@ -123,21 +137,44 @@ class Soak:
                 n, errors = len(self.records), sum(self.errors.values())
                 interval = self.records[last_n:]
             recent = [ms for (_, _, outcome, ms) in interval if outcome == "reranked by main model"]
-            not_reranked = sum(kind == "reranked" and outcome != "reranked by main model" for (_, kind, outcome, _) in interval)
-            sample = {"t": t, "clients": clients_at(t, self.seconds, self.low, self.high), "requests": n, "errors": errors,
-                      "rss_mb": rss_mb(self.proxy_pid), "rps": (n - last_n) / max(t - last_t, 1e-9), "not_reranked": not_reranked,
-                      "reranked_p50_ms": float(np.percentile(recent, 50)) if recent else math.nan,
-                      "reranked_p95_ms": float(np.percentile(recent, 95)) if recent else math.nan}
+            not_reranked = sum(
+                kind == "reranked" and outcome != "reranked by main model" for (_, kind, outcome, _) in interval
+            )
+            sample = {
+                "t": t,
+                "clients": clients_at(t, self.seconds, self.low, self.high),
+                "requests": n,
+                "errors": errors,
+                "rss_mb": rss_mb(self.proxy_pid),
+                "rps": (n - last_n) / max(t - last_t, 1e-9),
+                "not_reranked": not_reranked,
+                "reranked_p50_ms": float(np.percentile(recent, 50)) if recent else math.nan,
+                "reranked_p95_ms": float(np.percentile(recent, 95)) if recent else math.nan,
+            }
             self.samples.append(sample)
-            print(f"[soak] {t:6.0f} s  clients {sample['clients']:2d}  requests {n:6d} ({sample['rps']:5.1f}/s)  "
-                  f"errors {errors}  main-model p95 {sample['reranked_p95_ms']:6.0f} ms, {not_reranked:4d} not reranked  "
-                  f"proxy RSS {sample['rss_mb']:6.1f} MB", flush=True)
+            print(
+                f"[soak] {t:6.0f} s  clients {sample['clients']:2d}  requests {n:6d} ({sample['rps']:5.1f}/s)  "
+                f"errors {errors}  main-model p95 {sample['reranked_p95_ms']:6.0f} ms, {not_reranked:4d} not reranked  "
+                f"proxy RSS {sample['rss_mb']:6.1f} MB",
+                flush=True,
+            )
             last_n, last_t = n, t
             time.sleep(max(0.0, min(every, self.seconds - (time.perf_counter() - self.started))))
 
     def run(self, every: float) -> None:
-        self.samples.append({"t": 0.0, "clients": self.low, "requests": 0, "errors": 0, "rss_mb": rss_mb(self.proxy_pid),
-                             "rps": 0.0, "not_reranked": 0, "reranked_p50_ms": math.nan, "reranked_p95_ms": math.nan})
+        self.samples.append(
+            {
+                "t": 0.0,
+                "clients": self.low,
+                "requests": 0,
+                "errors": 0,
+                "rss_mb": rss_mb(self.proxy_pid),
+                "rps": 0.0,
+                "not_reranked": 0,
+                "reranked_p50_ms": math.nan,
+                "reranked_p95_ms": math.nan,
+            }
+        )
         self.started = time.perf_counter()
         threads = [threading.Thread(target=self.client, args=(n,), daemon=True) for n in range(self.high)]
         for thread in threads:
@@ -145,7 +182,9 @@ class Soak:
         self.monitor(every)
         for thread in threads:  # each finishes its request in flight (httpx timeout bounds it)
             thread.join(150)
-        self.samples.append({**self.samples[-1], "t": time.perf_counter() - self.started, "rss_mb": rss_mb(self.proxy_pid)})
+        self.samples.append(
+            {**self.samples[-1], "t": time.perf_counter() - self.started, "rss_mb": rss_mb(self.proxy_pid)}
+        )
 
 
 def _latency(ms: list[float]) -> dict:
@@ -171,7 +210,12 @@ def summary(soak: Soak) -> dict:
         "errors": dict(soak.errors),
         "outcomes": {o: _latency(v) for o, v in sorted(by_outcome.items(), key=lambda item: -len(item[1]))},
         "latency": {kind: _latency(v) for kind, v in sorted(by_kind.items())},
-        "rss_mb": {"start": rss[0][1], "end": rss[-1][1], "max": max(m for _, m in rss), "slope_second_half_mb_per_min": slope},
+        "rss_mb": {
+            "start": rss[0][1],
+            "end": rss[-1][1],
+            "max": max(m for _, m in rss),
+            "slope_second_half_mb_per_min": slope,
+        },
         "samples": soak.samples,
     }
 
@@ -186,7 +230,11 @@ def plot(result: dict, out: Path) -> None:
     t = [x["t"] / 60 for x in s]
     fig, (a, b, c) = plt.subplots(3, 1, figsize=(8, 7.5), sharex=True)
     a.plot(t, [x["rps"] for x in s], label="requests/s")
-    a.plot(t, [x["not_reranked"] / max(x["t"] - p["t"], 1e-9) for p, x in zip(result["samples"], s)], label="not reranked/s")
+    a.plot(
+        t,
+        [x["not_reranked"] / max(x["t"] - p["t"], 1e-9) for p, x in zip(result["samples"], s)],
+        label="not reranked/s",
+    )
     a2 = a.twinx()
     a2.step(t, [x["clients"] for x in s], color="tab:gray", where="post", label="clients")
     a.set_ylabel("requests/s")
@@ -204,9 +252,12 @@ def plot(result: dict, out: Path) -> None:
     for ax in (a, b, c):
         ax.grid(True, alpha=0.3)
     r = result["rss_mb"]
-    fig.suptitle(f"soak: {result['clients'][0]}-{result['clients'][1]} clients, K={result['k']}, "
-                 f"RSS {r['start']:.0f} -> {r['end']:.0f} MB (max {r['max']:.0f}), "
-                 f"second half {r['slope_second_half_mb_per_min']:+.2f} MB/min", fontsize=10)
+    fig.suptitle(
+        f"soak: {result['clients'][0]}-{result['clients'][1]} clients, K={result['k']}, "
+        f"RSS {r['start']:.0f} -> {r['end']:.0f} MB (max {r['max']:.0f}), "
+        f"second half {r['slope_second_half_mb_per_min']:+.2f} MB/min",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(out, dpi=120)
 
@@ -222,7 +273,9 @@ def main() -> int:
     ap.add_argument("--clients-max", type=int, default=32)
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--rerank-share", type=float, default=0.5, help="share of searches reranked; the rest pass through")
-    ap.add_argument("--rerank-timeout", type=float, default=10.0, help="server.rerank_timeout (es-rerank's default: 10)")
+    ap.add_argument(
+        "--rerank-timeout", type=float, default=10.0, help="server.rerank_timeout (es-rerank's default: 10)"
+    )
     ap.add_argument("--every", type=float, default=10.0, help="seconds between progress lines and RSS samples")
     ap.add_argument("--out", type=Path, default=Path("out/soak"))
     args = ap.parse_args()
@@ -233,20 +286,36 @@ def main() -> int:
     queries = _queries(args.queries, 10_000)
     port = _free_port()
     # The server's own defaults (start_proxy's 120 s is for benchmarks that measure the model alone).
-    proc = start_proxy(args.opensearch_url, args.model, port, args.index, server={"rerank_timeout": args.rerank_timeout})
+    proc = start_proxy(
+        args.opensearch_url, args.model, port, args.index, server={"rerank_timeout": args.rerank_timeout}
+    )
     try:
-        print(f"[soak] es-rerank serve (pid {proc.pid}) on :{port}, model {args.model}, K={args.k}, "
-              f"{args.clients_min}-{args.clients_max} clients, {args.rerank_share:.0%} reranked, {args.minutes:g} min", flush=True)
-        soak = Soak(f"http://127.0.0.1:{port}", args.index, queries, seconds=args.minutes * 60, low=args.clients_min,
-                    high=args.clients_max, k=args.k, rerank_share=args.rerank_share, proxy_pid=proc.pid)
+        print(
+            f"[soak] es-rerank serve (pid {proc.pid}) on :{port}, model {args.model}, K={args.k}, "
+            f"{args.clients_min}-{args.clients_max} clients, {args.rerank_share:.0%} reranked, {args.minutes:g} min",
+            flush=True,
+        )
+        soak = Soak(
+            f"http://127.0.0.1:{port}",
+            args.index,
+            queries,
+            seconds=args.minutes * 60,
+            low=args.clients_min,
+            high=args.clients_max,
+            k=args.k,
+            rerank_share=args.rerank_share,
+            proxy_pid=proc.pid,
+        )
         soak.run(args.every)
         result = summary(soak)
     finally:
         proc.terminate()
         proc.wait(30)
 
-    print(f"\n{result['requests']} requests in {args.minutes:g} min ({result['answered']} answered, "
-          f"{sum(result['errors'].values())} errors), {os.cpu_count()} CPUs")
+    print(
+        f"\n{result['requests']} requests in {args.minutes:g} min ({result['answered']} answered, "
+        f"{sum(result['errors'].values())} errors), {os.cpu_count()} CPUs"
+    )
     for error, n in sorted(result["errors"].items()):
         print(f"  error {error}: {n}")
     print(f"  {'outcome (x-rerank / x-rerank-reason / model)':<50} {'n':>7} {'p50 ms':>9} {'p95 ms':>9}")
@@ -255,8 +324,10 @@ def main() -> int:
     for kind, v in result["latency"].items():
         print(f"  {'all ' + kind + ' requests':<50} {v['n']:>7} {v['p50_ms']:9.1f} {v['p95_ms']:9.1f}")
     r = result["rss_mb"]
-    print(f"proxy RSS: start {r['start']:.1f} MB, end {r['end']:.1f} MB, max {r['max']:.1f} MB, "
-          f"second half {r['slope_second_half_mb_per_min']:+.2f} MB/min")
+    print(
+        f"proxy RSS: start {r['start']:.1f} MB, end {r['end']:.1f} MB, max {r['max']:.1f} MB, "
+        f"second half {r['slope_second_half_mb_per_min']:+.2f} MB/min"
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=2))
     plot(result, args.out / "soak.png")

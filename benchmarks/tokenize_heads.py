@@ -58,4 +58,7 @@ for method in ("encode_batch", "encode_batch_fast"):
 parallelism = os.environ.get("TOKENIZERS_PARALLELISM", "unset")
 for threads in sorted({1, physical_cores()}):
     ms = cold_ms_per_passage(abstracts[:500], threads)
-    print(f"SciFact abstracts    {threads} thread(s), TOKENIZERS_PARALLELISM {parallelism}: {ms:.3f} ms a passage", flush=True)
+    print(
+        f"SciFact abstracts    {threads} thread(s), TOKENIZERS_PARALLELISM {parallelism}: {ms:.3f} ms a passage",
+        flush=True,
+    )

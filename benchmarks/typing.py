@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import httpx
-
 from proxy_latency import ROOT, _free_port, ensure_index, start_proxy
 
 ORIGIN = "http://localhost:3000"  # the page's origin: a browser sends it on every search
@@ -92,7 +91,13 @@ def type_claim(url: str, index: str, claim: str) -> tuple[list[dict], float]:
                         "ms": (time.perf_counter() - sent) * 1000,
                     }  # fmt: skip
                 except httpx.HTTPError as exc:
-                    results[i] = {"prefix": prefix, "status": 0, "x_rerank": f"error: {exc}", "done": time.perf_counter(), "ms": 0.0}
+                    results[i] = {
+                        "prefix": prefix,
+                        "status": 0,
+                        "x_rerank": f"error: {exc}",
+                        "done": time.perf_counter(),
+                        "ms": 0.0,
+                    }
 
             thread = threading.Thread(target=send, daemon=True)
             thread.start()
@@ -108,17 +113,26 @@ def type_claim(url: str, index: str, claim: str) -> tuple[list[dict], float]:
 def run(opensearch_url: str, index: str, claim: str, supersede: bool) -> dict:
     port = _free_port()
     server = {"rerank_timeout": 10, "supersede": {"enabled": supersede}}  # the server's default timeout
-    proc = start_proxy(opensearch_url, ROOT / "demo" / "model", port, index, server=server, model_settings={"cache_size": 0})
+    proc = start_proxy(
+        opensearch_url, ROOT / "demo" / "model", port, index, server=server, model_settings={"cache_size": 0}
+    )
     url = f"http://127.0.0.1:{port}"
     try:
-        httpx.post(f"{url}/_msearch", content=searchkit_body(index, "warm up the model"), headers={"content-type": "application/json"}, timeout=120)
+        httpx.post(
+            f"{url}/_msearch",
+            content=searchkit_body(index, "warm up the model"),
+            headers={"content-type": "application/json"},
+            timeout=120,
+        )
         before = outcomes_by_reason(url)
         results, _ = type_claim(url, index, claim)
         after = outcomes_by_reason(url)
     finally:
         proc.terminate()
         proc.wait(30)
-    reasons = {f"{o}/{r}": after[(o, r)] - before.get((o, r), 0) for (o, r) in after if after[(o, r)] - before.get((o, r), 0)}
+    reasons = {
+        f"{o}/{r}": after[(o, r)] - before.get((o, r), 0) for (o, r) in after if after[(o, r)] - before.get((o, r), 0)
+    }
     return {"supersede": supersede, "results": results, "reasons": reasons}
 
 
@@ -134,14 +148,18 @@ def report(run_: dict) -> None:
     print("rerank outcomes by reason (every item, from /_rerank/metrics): "
           + ", ".join(f"{k} {v}" for k, v in sorted(run_["reasons"].items())))  # fmt: skip
     slowest = max(results, key=lambda r: r["ms"])
-    print(f"slowest answer: {slowest['ms']:.0f} ms (prefix of {len(slowest['prefix'])} chars, x-rerank {slowest['x_rerank']})")
+    print(
+        f"slowest answer: {slowest['ms']:.0f} ms (prefix of {len(slowest['prefix'])} chars, x-rerank {slowest['x_rerank']})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--opensearch-url", default="http://127.0.0.1:9200")
     parser.add_argument("--index", default="scifact")
-    parser.add_argument("--length", type=int, default=60, help="characters of the claim typed (the dev claim closest to it)")
+    parser.add_argument(
+        "--length", type=int, default=60, help="characters of the claim typed (the dev claim closest to it)"
+    )
     parser.add_argument("--claim", help="type this text instead")
     parser.add_argument("--out", type=Path, help="write every answer as JSON here")
     args = parser.parse_args(argv)

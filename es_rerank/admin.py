@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import hmac
-from typing import Mapping
+from collections.abc import Mapping
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -80,7 +80,9 @@ class Admin:
             pass  # the public part only
         else:
             body["upstream"] = {"url": self.upstream.base_url, **state.details()}
-            body["models"] = {name: {**r.info(), "queue_wait_s": r.queue_wait_s()} for name, r in self.rerankers.items()}
+            body["models"] = {
+                name: {**r.info(), "queue_wait_s": r.queue_wait_s()} for name, r in self.rerankers.items()
+            }
         return json_response(body, 200 if state.reachable else 503)
 
     async def _probe(self) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.requests import ClientDisconnect, Request
@@ -57,7 +58,7 @@ async def read_body(request: Request, *, limit: int, idle_timeout: float) -> byt
             chunk = await asyncio.wait_for(anext(stream), idle_timeout)
         except StopAsyncIteration:
             return b"".join(chunks)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ClientTimeoutError(f"no request body bytes for {idle_timeout}s") from None
         total += len(chunk)
         if total > limit:
@@ -71,7 +72,9 @@ def load_rerankers(settings: Settings) -> dict[str, Reranker]:
     from .reranker._remote import RemoteReranker
 
     rerankers: dict[str, Reranker] = {
-        name: RemoteReranker.from_settings(name, spec) if spec.remote is not None else OnnxReranker.from_settings(name, spec)
+        name: RemoteReranker.from_settings(name, spec)
+        if spec.remote is not None
+        else OnnxReranker.from_settings(name, spec)
         for name, spec in settings.models.items()
     }
     if settings.shared_cache is not None:
@@ -112,7 +115,11 @@ class RerankProxy:
         self.experiments = ExperimentFlow(settings, self.recorder, self.metrics) if settings.experiments else None
         self.events = EventsEndpoint(settings.ubi, self.recorder)
         self.search = SearchFlow(
-            settings, forwarder=self.forwarder, scorer=self.scorer, rerankers=self.rerankers, experiments=self.experiments
+            settings,
+            forwarder=self.forwarder,
+            scorer=self.scorer,
+            rerankers=self.rerankers,
+            experiments=self.experiments,
         )
         self.msearch = MsearchFlow(self.search)
         self.rerank_api = RerankApi(settings, scorer=self.scorer, rerankers=self.rerankers)  # /v1/rerank, /rerank

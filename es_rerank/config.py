@@ -20,7 +20,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .blend import Blend
-from .blend import Blend
 from .errors import ConfigError
 from .experiments.config import ExperimentSettings, UbiSettings, experiment_problems  # experiments: A/B, interleaving
 
@@ -31,7 +30,6 @@ __all__ = [
     "RemoteSettings",
     "IndexSettings",
     "ChunkSettings",
-    "BlendSettings",
     "BlendSettings",
     "ServerSettings",
     "AdminSettings",
@@ -189,19 +187,6 @@ class BlendSettings(_Strict):
         return Blend(method=self.method, weight=self.weight, rrf_k=self.rrf_k)
 
 
-class BlendSettings(_Strict):
-    """The first-stage score blended with the model's, normalized per query (es_rerank/blend.py)."""
-
-    method: Literal["minmax", "zscore", "rrf"] = Field(
-        "minmax", description="minmax or zscore per query, or rrf (reciprocal-rank fusion)"
-    )
-    weight: float = Field(ge=0.0, le=1.0, description="the first stage's share: 0 = the model alone, 1 = the first stage alone")
-    rrf_k: int = Field(60, ge=1, description="rrf's rank constant")
-
-    def to_blend(self) -> Blend:
-        return Blend(method=self.method, weight=self.weight, rrf_k=self.rrf_k)
-
-
 class IndexSettings(_Strict):
     """Reranking for the indices whose names match ``pattern`` (fnmatch)."""
 
@@ -223,9 +208,6 @@ class IndexSettings(_Strict):
         True, description="add _rerank.first_stage_score/rank to each reranked hit"
     )
     chunking: ChunkSettings = ChunkSettings()
-    blend: BlendSettings | None = Field(
-        None, description="blend the first-stage score into the model's (off by default; choose the weight with `es-rerank blend`)"
-    )
     blend: BlendSettings | None = Field(
         None, description="blend the first-stage score into the model's (off by default; choose the weight with `es-rerank blend`)"
     )

@@ -108,9 +108,7 @@ def _forbidden() -> Response:
 
 
 def _drop_upstream_cors(message: Message) -> None:
-    message["headers"] = [
-        (k, v) for k, v in message.get("headers", []) if not k.lower().startswith(b"access-control-")
-    ]
+    message["headers"] = [(k, v) for k, v in message.get("headers", []) if not k.lower().startswith(b"access-control-")]
 
 
 async def _strip_cors(message: Message, send: Send) -> None:
@@ -122,4 +120,3 @@ async def _strip_cors(message: Message, send: Send) -> None:
 def with_cors(app: Any, settings: CorsSettings) -> Any:
     """``app`` behind es-rerank's CORS when ``settings.enabled``, else ``app`` itself."""
     return OpenSearchCors(app, settings) if settings.enabled else app
-

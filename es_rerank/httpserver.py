@@ -123,8 +123,11 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
             logger.warning("refusing a connection: %d open (server.max_connections)", len(self.connections) - 1)
-            self._refuse(503, "rerank_too_many_connections_exception",
-                         f"es-rerank holds its maximum of {self.limits.max_connections} connections")
+            self._refuse(
+                503,
+                "rerank_too_many_connections_exception",
+                f"es-rerank holds its maximum of {self.limits.max_connections} connections",
+            )
             return
         # An idle new connection is closed like an idle kept-alive one.
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)

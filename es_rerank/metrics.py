@@ -6,8 +6,8 @@ in tests, count separately.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -45,8 +45,10 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "es_rerank_requests", "Requests by route, index, outcome and reason.",
-            ["route", "index", "outcome", "reason"], registry=r,
+            "es_rerank_requests",
+            "Requests by route, index, outcome and reason.",
+            ["route", "index", "outcome", "reason"],
+            registry=r,
         )
         self.request_seconds = Histogram(
             "es_rerank_request_seconds", "Whole request time in es-rerank.", ["route"], buckets=_SECONDS, registry=r
@@ -74,25 +76,30 @@ class Metrics:
             "Searches and _msearch items that asked for reranking, by index, the model that scored "
             "(the search's own when none did), outcome (reranked, fallback) and reason "
             "(reranked, fallback_model, partial, overloaded, rerank_timeout, rerank_error, client_closed).",
-            ["index", "model", "outcome", "reason"], registry=r,
+            ["index", "model", "outcome", "reason"],
+            registry=r,
         )
         self.cache_hits = Counter("es_rerank_cache_hits", "Pairs answered from the score cache.", registry=r)
         self.queue_wait = Gauge(
             "es_rerank_model_queue_seconds",
             "Estimated seconds for the work queued at each model (0 until the model has run once).",
-            ["model"], registry=r,
+            ["model"],
+            registry=r,
         )
         # Experiments (es_rerank/experiments/record.py): UBI documents by index and outcome.
         self.ubi_documents = Counter(
             "es_rerank_ubi_documents",
             "UBI documents (ubi_queries, ubi_events) by index and outcome: written, or dropped "
             "(queue_full, refused, unavailable, stopped).",
-            ["index", "outcome"], registry=r,
+            ["index", "outcome"],
+            registry=r,
         )
         self.ubi_queue = Gauge("es_rerank_ubi_queue", "UBI documents waiting to be written.", registry=r)
         self.experiment_searches = Counter(
-            "es_rerank_experiment_searches", "Searches and _msearch items served under an experiment, by arm.",
-            ["experiment", "arm"], registry=r,
+            "es_rerank_experiment_searches",
+            "Searches and _msearch items served under an experiment, by arm.",
+            ["experiment", "arm"],
+            registry=r,
         )
 
     def watch_queue(self, model: str, seconds: Callable[[], float | None]) -> None:

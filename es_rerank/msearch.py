@@ -23,13 +23,13 @@ from starlette.responses import Response
 from .bodies import UnreadableBody, dumps, is_json_media_type, loads_request
 from .config import IndexSettings
 from .errors import RerankError
+from .experiments.flow import Trial
 from .forwarding import ClientRequest
 from .plan import SearchPlan
 from .querytext import strip_rerank_ext
 from .rebuild import msearch_problem
 from .responses import dump_for, json_response, marks, rebuilt, relay
 from .scoring import Outcome
-from .experiments.flow import Trial
 from .search import SearchFlow, read_answer
 from .supersession import Claim
 
@@ -152,7 +152,9 @@ class MsearchFlow:
             return await self.forwarder.passthrough(request, marks(Outcome.SKIPPED, unread))
         items = [self._plan(request, line, default_target) for line in lines]
         forward = [(line.header_line, forwarded(line, item)) for line, item in zip(lines, items)]
-        if all(item is None for item in items) and all(body is line.body_line for (_, body), line in zip(forward, lines)):
+        if all(item is None for item in items) and all(
+            body is line.body_line for (_, body), line in zip(forward, lines)
+        ):
             return await self.forwarder.passthrough(request, marks(Outcome.SKIPPED, "no_configured_index"))
         if all(isinstance(item, RerankError) for item in items):
             body = {"took": 0, "responses": [item.to_body() for item in items if isinstance(item, RerankError)]}
@@ -161,7 +163,9 @@ class MsearchFlow:
         reranked = [item for item in items if isinstance(item, tuple) and item[1].rerank]
         claim = None
         if reranked:
-            key = self.search.client_key(request, [line.body for line in lines], [spec.pattern for spec, _, _ in reranked])
+            key = self.search.client_key(
+                request, [line.body for line in lines], [spec.pattern for spec, _, _ in reranked]
+            )
             claim = await self.search.scorer.claim(key)
         try:
             return await self._planned(request, items, forward, started, claim)
@@ -169,7 +173,11 @@ class MsearchFlow:
             self.search.scorer.release(claim)
 
     async def _planned(
-        self, request: ClientRequest, items: list[Planned], forward: list[tuple[bytes, Any]], started: float,
+        self,
+        request: ClientRequest,
+        items: list[Planned],
+        forward: list[tuple[bytes, Any]],
+        started: float,
         claim: Claim | None,
     ) -> Response:
         # Items es-rerank refused never go upstream.
@@ -197,9 +205,13 @@ class MsearchFlow:
             if item is None or not item[1].rerank:
                 return result, Outcome.SKIPPED
             if item[2] is not None:  # experiments: the arm's order, recorded as served
-                served, scored, _ = await item[2].serve(self.search.scorer, item[1], result, started, upstream_ms, watch(), claim)
+                served, scored, _ = await item[2].serve(
+                    self.search.scorer, item[1], result, started, upstream_ms, watch(), claim
+                )
                 return served, Outcome.SKIPPED if scored is None else scored.outcome
-            reranked, scored, _ = await self.search.scorer.rerank(item[1], item[0], result, started, upstream_ms, watch(), claim)
+            reranked, scored, _ = await self.search.scorer.rerank(
+                item[1], item[0], result, started, upstream_ms, watch(), claim
+            )
             return reranked, scored.outcome  # fallback items say so, as a _search does
 
         try:
@@ -216,7 +228,9 @@ class MsearchFlow:
             ("x-rerank-items", f"{n}/{len(items)}"),  # reranked of all items, then each outcome's count
             ("x-rerank-item-outcomes", ",".join(f"{outcome}={count}" for outcome, count in counts.items())),
         ]
-        trials = [item[2] if isinstance(item, tuple) and item[2] is not None and item[2].served else None for item in items]
+        trials = [
+            item[2] if isinstance(item, tuple) and item[2] is not None and item[2].served else None for item in items
+        ]
         if any(trials):  # experiments: each item's arm and query id, "-" for items in none
             headers.append(("x-rerank-arm", ",".join(t.assignment.label if t else "-" for t in trials)))
             headers.append(("x-rerank-query-id", ",".join(t.assignment.query_id if t else "-" for t in trials)))

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .blend import Blend, parse_blend
 from .config import IndexSettings
@@ -126,9 +127,7 @@ def plan_search(
     ext = rerank_ext(body)
     unknown = sorted(set(ext) - _EXT_KEYS)
     if unknown:
-        raise BadRequestError(
-            f"[ext.rerank] unknown option(s) {unknown}; known: {sorted(_EXT_KEYS)}"
-        )
+        raise BadRequestError(f"[ext.rerank] unknown option(s) {unknown}; known: {sorted(_EXT_KEYS)}")
     enabled = ext.get("enabled", True)
     if not isinstance(enabled, bool):
         raise BadRequestError("[ext.rerank.enabled] must be true or false")
@@ -136,9 +135,7 @@ def plan_search(
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise BadRequestError("[ext.rerank.window_size] must be a positive integer")
     if window > spec.max_window:
-        raise BadRequestError(
-            f"[ext.rerank.window_size] {window} is larger than the maximum of {spec.max_window}"
-        )
+        raise BadRequestError(f"[ext.rerank.window_size] {window} is larger than the maximum of {spec.max_window}")
     model = ext.get("model", default_model)
     if model not in models:
         raise UnknownModelError(f"[ext.rerank.model] unknown model [{model}]; known: {sorted(models)}")

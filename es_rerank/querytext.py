@@ -234,27 +234,19 @@ def _ext_query_text(body: Mapping[str, Any]) -> str | None:
         return None
     context = rerank["query_context"]
     if not isinstance(context, Mapping):
-        raise BadRequestError(
-            f"[ext.rerank.query_context] must be an object, got {_json_type(context)}"
-        )
+        raise BadRequestError(f"[ext.rerank.query_context] must be an object, got {_json_type(context)}")
     has_text, has_path = "query_text" in context, "query_text_path" in context
     if has_text and has_path:
-        raise BadRequestError(
-            "[ext.rerank.query_context] cannot specify both [query_text] and [query_text_path]"
-        )
+        raise BadRequestError("[ext.rerank.query_context] cannot specify both [query_text] and [query_text_path]")
     if has_text:
         text = _as_text(context["query_text"])
         if text is None:
-            raise BadRequestError(
-                "[ext.rerank.query_context.query_text] must be a non-empty string"
-            )
+            raise BadRequestError("[ext.rerank.query_context.query_text] must be a non-empty string")
         return text
     if has_path:
         path = context["query_text_path"]
         if not isinstance(path, str) or not path.strip():
-            raise BadRequestError(
-                "[ext.rerank.query_context.query_text_path] must be a non-empty string"
-            )
+            raise BadRequestError("[ext.rerank.query_context.query_text_path] must be a non-empty string")
         text = _as_text(resolve_path(body, path))
         if text is None:
             raise BadRequestError(
@@ -262,9 +254,7 @@ def _ext_query_text(body: Mapping[str, Any]) -> str | None:
                 "must point to a non-empty string in the request body"
             )
         return text
-    raise BadRequestError(
-        "[ext.rerank.query_context] must specify either [query_text] or [query_text_path]"
-    )
+    raise BadRequestError("[ext.rerank.query_context] must specify either [query_text] or [query_text_path]")
 
 
 def _json_type(value: Any) -> str:
@@ -397,10 +387,7 @@ def clean_query_syntax(text: str) -> str | None:
     s = _LONE_OPERATOR.sub(" ", s)
     if escaped:
         s = "".join(
-            escaped[ord(c) - _PLACEHOLDER_BASE]
-            if 0 <= ord(c) - _PLACEHOLDER_BASE < len(escaped)
-            else c
-            for c in s
+            escaped[ord(c) - _PLACEHOLDER_BASE] if 0 <= ord(c) - _PLACEHOLDER_BASE < len(escaped) else c for c in s
         )
     s = " ".join(s.split())
     return s or None

@@ -9,7 +9,8 @@ headers, less the hop-by-hop ones.
 from __future__ import annotations
 
 import gzip
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from starlette.responses import Response
 

@@ -21,15 +21,12 @@ __all__ = ["RouteKind", "Route", "route", "OPENSEARCH_METHODS"]
 OPENSEARCH_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "TRACE"})
 
 
-class RouteKind(str, enum.Enum):
+class RouteKind(enum.StrEnum):
     OWN = "own"
     SEARCH = "search"
     MSEARCH = "msearch"
     PASSTHROUGH = "passthrough"
     RERANK_API = "rerank_api"  # /v1/rerank, /v2/rerank (Cohere), /rerank (TEI): es_rerank/rerank_api.py
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlencode
 
 from starlette.responses import Response
@@ -50,7 +51,12 @@ class SearchFlow:
     """Serves ``_search`` requests; the collaborators are passed in."""
 
     def __init__(
-        self, settings: Settings, *, forwarder: Forwarder, scorer: Scorer, rerankers: Mapping[str, Reranker],
+        self,
+        settings: Settings,
+        *,
+        forwarder: Forwarder,
+        scorer: Scorer,
+        rerankers: Mapping[str, Reranker],
         experiments: ExperimentFlow | None = None,
     ) -> None:
         self.settings = settings
@@ -59,7 +65,9 @@ class SearchFlow:
         self.rerankers = rerankers
         self.experiments = experiments  # A/B and interleaving (es_rerank/experiments/)
 
-    def plan(self, spec: IndexSettings, body: Mapping[str, Any], params: list[tuple[str, str]], request: ClientRequest) -> SearchPlan:
+    def plan(
+        self, spec: IndexSettings, body: Mapping[str, Any], params: list[tuple[str, str]], request: ClientRequest
+    ) -> SearchPlan:
         return plan_search(
             spec,
             body,
@@ -89,7 +97,11 @@ class SearchFlow:
             return await self.forwarder.forward_plan(request, body, passthrough_plan(body, params, skip or ""))
 
         # Experiments: the arm's model and window; ext.ubi is es-rerank's to record.
-        trial = self.experiments.begin(request.headers, spec, body, search_target(request.raw_path)) if self.experiments else None
+        trial = (
+            self.experiments.begin(request.headers, spec, body, search_target(request.raw_path))
+            if self.experiments
+            else None
+        )
         if trial is not None:
             spec = trial.spec
         planned = body if trial is None else trial.body
@@ -106,11 +118,20 @@ class SearchFlow:
     def client_key(self, request: ClientRequest, bodies: list[Any], indices: list[str]) -> str | None:
         """Whose search this is, for supersession (None: nobody's newer search)."""
         headers = {k.lower(): v for k, v in request.headers}
-        return client_key(headers, request.address, bodies, indices, header=self.settings.server.supersede.client_header)
+        return client_key(
+            headers, request.address, bodies, indices, header=self.settings.server.supersede.client_header
+        )
 
     async def _planned(
-        self, request: ClientRequest, spec: IndexSettings, body: Any, planned: Any, plan: SearchPlan,
-        trial: Trial | None, started: float, claim: Claim | None,
+        self,
+        request: ClientRequest,
+        spec: IndexSettings,
+        body: Any,
+        planned: Any,
+        plan: SearchPlan,
+        trial: Trial | None,
+        started: float,
+        claim: Claim | None,
     ) -> Response:
         params = request.params
         if plan.rerank and self.scorer.overloaded(plan, spec):
@@ -122,12 +143,16 @@ class SearchFlow:
             return await self.forwarder.forward_plan(request, body, plan)
 
         t_upstream = time.perf_counter()
-        answer = await self.forwarder.send(request, "POST", urlencode(plan.params).encode(), dumps(plan.body), decode=True)
+        answer = await self.forwarder.send(
+            request, "POST", urlencode(plan.params).encode(), dumps(plan.body), decode=True
+        )
         upstream_ms = (time.perf_counter() - t_upstream) * 1000
         if answer.status == 400:
             # The rewrite may be what OpenSearch refused (`fields` on an index whose _source
             # is disabled, a limit on size): the client gets the answer to its own request.
-            return await self.forwarder.forward_plan(request, body, passthrough_plan(planned, params, "rewrite_refused"))
+            return await self.forwarder.forward_plan(
+                request, body, passthrough_plan(planned, params, "rewrite_refused")
+            )
         if answer.status != 200:
             return relay(answer, marks(Outcome.SKIPPED, "upstream_error"))
         data = read_answer(answer.content, response_problem)
@@ -136,7 +161,9 @@ class SearchFlow:
             reranked, scored, timings = await trial.serve(self.scorer, plan, data, started, upstream_ms, gone, claim)
             if scored is None:  # the bm25 arm: first-stage order, nothing scored
                 headers = [*marks(Outcome.SKIPPED, BM25_REASON), *trial.headers()]
-                return relay(rebuilt(request.header("accept-encoding"), answer.headers, dump_for(reranked, params)), headers)
+                return relay(
+                    rebuilt(request.header("accept-encoding"), answer.headers, dump_for(reranked, params)), headers
+                )
         else:
             reranked, scored, timings = await self.scorer.rerank(plan, spec, data, started, upstream_ms, gone, claim)
         headers = [

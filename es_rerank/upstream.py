@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import Protocol
 
 import aiohttp
 from yarl import URL
@@ -15,7 +15,15 @@ from yarl import URL
 from .config import UpstreamSettings
 from .errors import UpstreamBadResponseError, UpstreamTimeoutError, UpstreamUnavailableError
 
-__all__ = ["Transport", "Upstream", "UpstreamResponse", "UpstreamState", "HOP_BY_HOP", "forwardable_headers", "response_headers"]
+__all__ = [
+    "Transport",
+    "Upstream",
+    "UpstreamResponse",
+    "UpstreamState",
+    "HOP_BY_HOP",
+    "forwardable_headers",
+    "response_headers",
+]
 
 logger = logging.getLogger("es_rerank.upstream")
 
@@ -46,10 +54,7 @@ _CLOSE_AFTER = frozenset({400, 408, 413, 414, 431})
 def _without(headers: Iterable[tuple[str, str]], skip: frozenset[str]) -> list[tuple[str, str]]:
     headers = list(headers)
     named = {
-        token.strip().lower()
-        for key, value in headers
-        if key.lower() == "connection"
-        for token in value.split(",")
+        token.strip().lower() for key, value in headers if key.lower() == "connection" for token in value.split(",")
     }
     skip = skip | named
     return [(k, v) for k, v in headers if k.lower() not in skip]
@@ -154,7 +159,7 @@ class Upstream:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
                     limit=self.settings.max_connections,
-                    ssl=True if self.settings.verify_certs else False,
+                    ssl=self.settings.verify_certs,
                 ),
                 timeout=self._timeout,
                 # Send only what the client sent and relay bytes as they come.
@@ -195,7 +200,7 @@ class Upstream:
                 if status in _CLOSE_AFTER:
                     _close_connection(response)
                 out_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             if isinstance(exc, getattr(aiohttp, "ConnectionTimeoutError", ())):
                 raise self._down(
                     UpstreamUnavailableError(
@@ -203,13 +208,19 @@ class Upstream:
                     )
                 ) from None
             raise self._down(
-                UpstreamTimeoutError(f"OpenSearch at {self.base_url} did not answer within {timeout or self.settings.timeout}s")
+                UpstreamTimeoutError(
+                    f"OpenSearch at {self.base_url} did not answer within {timeout or self.settings.timeout}s"
+                )
             ) from None
         except aiohttp.ClientPayloadError as exc:
-            raise self._down(UpstreamBadResponseError(f"OpenSearch at {self.base_url} sent a broken answer: {exc}")) from None
+            raise self._down(
+                UpstreamBadResponseError(f"OpenSearch at {self.base_url} sent a broken answer: {exc}")
+            ) from None
         except aiohttp.ClientError as exc:
             cause = str(exc) or type(exc).__name__
-            raise self._down(UpstreamUnavailableError(f"OpenSearch at {self.base_url} is unavailable: {cause}")) from None
+            raise self._down(
+                UpstreamUnavailableError(f"OpenSearch at {self.base_url} is unavailable: {cause}")
+            ) from None
         self._up(status)
         if decode:
             encoding = next((v.lower() for k, v in out_headers if k.lower() == "content-encoding"), "")
@@ -221,9 +232,7 @@ class Upstream:
                         f"OpenSearch at {self.base_url} sent a {encoding} body that does not decompress: {exc}"
                     ) from None
             # The body is now decoded: its old encoding and length no longer apply.
-            out_headers = [
-                (k, v) for k, v in out_headers if k.lower() not in ("content-encoding", "content-length")
-            ]
+            out_headers = [(k, v) for k, v in out_headers if k.lower() not in ("content-encoding", "content-length")]
         return UpstreamResponse(status=status, headers=out_headers, content=body)
 
     def url_for(self, raw_path: bytes, query: bytes = b"") -> URL:

@@ -55,7 +55,10 @@ def elasticsearch_url(tmp_path_factory):
     from es_rerank.tools.localnode import LocalOpenSearch
 
     node = LocalOpenSearch(
-        distribution="elasticsearch", port=free_port(), transport_port=free_port(), data_dir=tmp_path_factory.mktemp("es")
+        distribution="elasticsearch",
+        port=free_port(),
+        transport_port=free_port(),
+        data_dir=tmp_path_factory.mktemp("es"),
     )
     status = node.start()
     try:
@@ -96,7 +99,7 @@ class ServedApp:
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def __enter__(self) -> "ServedApp":
+    def __enter__(self) -> ServedApp:
         self.thread.start()
         deadline = time.time() + 20
         while not self.server.started:

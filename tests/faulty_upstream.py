@@ -19,8 +19,17 @@ HIT = {"_index": "ft", "_id": "1", "_score": 1.0, "_source": {"title": "a title"
 
 
 def search_answer(hits: object = None) -> dict:
-    hits = {"total": {"value": 2, "relation": "eq"}, "max_score": 1.0, "hits": [HIT, {**HIT, "_id": "2"}]} if hits is None else hits
-    return {"took": 1, "timed_out": False, "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0}, "hits": hits}
+    hits = (
+        {"total": {"value": 2, "relation": "eq"}, "max_score": 1.0, "hits": [HIT, {**HIT, "_id": "2"}]}
+        if hits is None
+        else hits
+    )
+    return {
+        "took": 1,
+        "timed_out": False,
+        "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0},
+        "hits": hits,
+    }
 
 
 @dataclass
@@ -63,7 +72,7 @@ class FaultyUpstream:
             except OSError:
                 pass
 
-    def __enter__(self) -> "FaultyUpstream":
+    def __enter__(self) -> FaultyUpstream:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -133,7 +142,7 @@ class FaultyUpstream:
         if kind == "ft-hang":
             return False
         if kind == "ft-reset":
-            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"took\"")
+            conn.sendall(b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{"took"')
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             conn.close()
             return False
@@ -151,7 +160,12 @@ class FaultyUpstream:
             time.sleep(0.3)
             self._send(conn, 200, json.dumps(search_answer()).encode(), json_type)
         elif kind == "ft-gzip":
-            self._send(conn, 200, gzip.compress(json.dumps(search_answer()).encode()), {**json_type, "content-encoding": "gzip"})
+            self._send(
+                conn,
+                200,
+                gzip.compress(json.dumps(search_answer()).encode()),
+                {**json_type, "content-encoding": "gzip"},
+            )
         elif kind == "ft-poison":
             # A decoder left mid-frame: a 400, then the connection never answers again.
             self._send(conn, 400, b'{"error":"bad frame","status":400}', json_type)

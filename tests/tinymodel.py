@@ -82,9 +82,7 @@ def build_tiny_model(
         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"]),
     ]
     if with_token_type_ids:
-        inputs.append(
-            helper.make_tensor_value_info("token_type_ids", TensorProto.INT64, ["batch", "sequence"])
-        )
+        inputs.append(helper.make_tensor_value_info("token_type_ids", TensorProto.INT64, ["batch", "sequence"]))
         nodes.extend(
             [
                 helper.make_node("Cast", ["token_type_ids"], ["tt"], to=TensorProto.FLOAT),

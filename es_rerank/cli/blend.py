@@ -47,6 +47,7 @@ def _first(data: EvalData, limit: int | None) -> EvalData:
     "--qrels", "qrels_file", required=True, type=click.Path(dir_okay=False, path_type=Path), help="its qrels .tsv"
 )
 @click.option("--limit", type=int, default=None, help="only the first N judged queries of the choosing split")
+@click.option("--report-limit", type=int, default=None, help="only the first N judged queries of the report split")
 @click.option(
     "--report-queries",
     "report_queries",
@@ -80,6 +81,7 @@ def blend_command(
     queries_file: Path,
     qrels_file: Path,
     limit: int | None,
+    report_limit: int | None,
     report_queries: Path | None,
     report_qrels: Path | None,
     k: int,
@@ -101,7 +103,9 @@ def blend_command(
             update={"server": settings.server.model_copy(update={"rerank_timeout": rerank_timeout})}
         )
         choose = _first(load_beir(queries_file, qrels_file), limit)
-        report = load_beir(report_queries, report_qrels) if report_queries and report_qrels else None
+        report = (
+            _first(load_beir(report_queries, report_qrels), report_limit) if report_queries and report_qrels else None
+        )
         result = run_blend(
             settings, index, choose, k=k, report=report, methods=method_list, weights=_floats(weights),
             progress=lambda message: click.echo(f"[blend] {message}", err=True),

@@ -38,8 +38,8 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -81,9 +81,7 @@ class Job:
         "max_width", "future", "stats", "submitted", "started", "inference_s",
     )  # fmt: skip
 
-    def __init__(
-        self, encodings: Sequence[Encoded], *, batch_size: int, max_width: int, stats: ScoreStats
-    ) -> None:
+    def __init__(self, encodings: Sequence[Encoded], *, batch_size: int, max_width: int, stats: ScoreStats) -> None:
         self.encodings = encodings
         self.lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         self.order = np.argsort(-self.lengths, kind="stable")
@@ -337,8 +335,7 @@ class Batcher:
     def _run(self, taken: list[tuple[Job, np.ndarray]]) -> None:
         encodings = [job.encodings[p] for job, positions in taken for p in positions]
         width = max(
-            padded_width(int(job.lengths[positions[0]]), self.pad_multiple, job.max_width)
-            for job, positions in taken
+            padded_width(int(job.lengths[positions[0]]), self.pad_multiple, job.max_width) for job, positions in taken
         )
         started = time.perf_counter()
         clock_started = self.clock()

@@ -9,10 +9,11 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -48,8 +49,7 @@ def import_onnxruntime() -> ModuleType:
         import onnxruntime
     except ImportError:
         raise ModelError(
-            "onnxruntime is not installed: pip install 'es-rerank[cpu]' "
-            "(or 'es-rerank[gpu]' on a CUDA machine)"
+            "onnxruntime is not installed: pip install 'es-rerank[cpu]' (or 'es-rerank[gpu]' on a CUDA machine)"
         ) from None
     return onnxruntime
 
@@ -269,7 +269,9 @@ class OnnxReranker:
         self._tokenizer.prepare(self.max_length)
         self.batch_size = batch_size
         batch_tokens_given = max_batch_tokens is not None
-        if max_batch_tokens is None:  # measured: 4 full-length rows on CPU (int8 gains most: activations stay in L2), large batches on a GPU
+        if (
+            max_batch_tokens is None
+        ):  # measured: 4 full-length rows on CPU (int8 gains most: activations stay in L2), large batches on a GPU
             max_batch_tokens = CUDA_BATCH_TOKENS if requested[0] == CUDA else CPU_BATCH_TOKENS
         self.max_batch_tokens = max_batch_tokens
         self.batch_wait_ms = float(batch_wait_ms)
@@ -301,7 +303,10 @@ class OnnxReranker:
             session = ort.InferenceSession(
                 model,
                 sess_options=options,
-                providers=[(p, {k: str(v) for k, v in cuda_options.items()}) if p == CUDA and cuda_options else p for p in requested],
+                providers=[
+                    (p, {k: str(v) for k, v in cuda_options.items()}) if p == CUDA and cuda_options else p
+                    for p in requested
+                ],
                 disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS) if requested[0] == CPU else None,
             )
         except Exception as exc:  # onnxruntime raises its own pybind exception types
@@ -375,7 +380,7 @@ class OnnxReranker:
             )  # fmt: skip
 
     @classmethod
-    def from_settings(cls, name: str, settings: "ModelSettings") -> "OnnxReranker":
+    def from_settings(cls, name: str, settings: ModelSettings) -> OnnxReranker:
         """Load the model a config's ``models.<name>`` describes.
 
         The directory's ``es-rerank-model.json`` (written by ``es-rerank model``)
@@ -438,8 +443,7 @@ class OnnxReranker:
                 )
             if node.type not in _INTEGER_TYPES:
                 raise ModelError(
-                    f"model {self.name!r}: input {node.name!r} is {node.type}, "
-                    "expected tensor(int64) or tensor(int32)"
+                    f"model {self.name!r}: input {node.name!r} is {node.type}, expected tensor(int64) or tensor(int32)"
                 )
             names.append(node.name)
             dtypes[node.name] = _INTEGER_TYPES[node.type]
@@ -455,8 +459,7 @@ class OnnxReranker:
             return output.name, 1  # [batch]: one score per pair
         if len(shape) != 2:
             raise ModelError(
-                f"model {self.name!r}: output {output.name!r} has shape {shape}, "
-                "expected [batch, 1] or [batch, 2]"
+                f"model {self.name!r}: output {output.name!r} has shape {shape}, expected [batch, 1] or [batch, 2]"
             )
         last = shape[-1]
         return output.name, last if isinstance(last, int) else None
@@ -629,7 +632,15 @@ class OnnxReranker:
         deadline = None if budget_s is None else self._clock() + budget_s
         admission = {"partial": partial, "admit_idle": admit_idle}
         prepare = functools.partial(
-            self._prepare_and_submit, ticket, deadline, admission, query, list(passages), max_length, batch_size, stats or ScoreStats()
+            self._prepare_and_submit,
+            ticket,
+            deadline,
+            admission,
+            query,
+            list(passages),
+            max_length,
+            batch_size,
+            stats or ScoreStats(),
         )
         self._arriving(+1)
         try:
@@ -642,7 +653,7 @@ class OnnxReranker:
         return self._finish(call)
 
     def _prepare_and_submit(
-        self, ticket: "_Ticket", deadline: float | None, admission: dict[str, bool], *args: Any
+        self, ticket: _Ticket, deadline: float | None, admission: dict[str, bool], *args: Any
     ) -> tuple[_Call, Any] | None:
         """On the tokenizer pool: cache, tokenize, hand over; nothing when the caller left."""
         with ticket.lock:
@@ -661,7 +672,7 @@ class OnnxReranker:
         finally:
             self._arriving(-1)
 
-    def _abandon(self, ticket: "_Ticket") -> None:
+    def _abandon(self, ticket: _Ticket) -> None:
         """The caller of ``ascore`` stopped waiting (cancelled, or an error): release its work."""
         with ticket.lock:
             state, future = ticket.state, ticket.future
@@ -725,7 +736,9 @@ class OnnxReranker:
             "inputs": list(self._input_names),
             "intra_op_threads": self.intra_op_threads,
             **(
-                {"warning": "CUDA was asked for but is not usable: running on the CPU (check onnxruntime-gpu against the CUDA version)"}
+                {
+                    "warning": "CUDA was asked for but is not usable: running on the CPU (check onnxruntime-gpu against the CUDA version)"
+                }
                 if self.cuda_unusable
                 else {}
             ),
@@ -762,7 +775,7 @@ class OnnxReranker:
         self._prepare_pool.shutdown(wait=False, cancel_futures=True)
         self._tokenizer.close()
 
-    def __enter__(self) -> "OnnxReranker":
+    def __enter__(self) -> OnnxReranker:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

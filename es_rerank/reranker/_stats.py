@@ -32,7 +32,7 @@ class ScoreStats:
     batches: int = 0
     merged: int = 0
 
-    def add(self, other: "ScoreStats") -> None:
+    def add(self, other: ScoreStats) -> None:
         """Accumulate another call's figures into this one (for totals over calls)."""
         self.pairs += other.pairs
         self.cache_hits += other.cache_hits

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Sequence, Union
+from typing import Any
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
@@ -57,7 +58,7 @@ class Pair:
         self.type_ids = type_ids
 
 
-Encoded = Union[Pair, Encoding]
+Encoded = Pair | Encoding
 
 
 class _Layout:
@@ -68,7 +69,11 @@ class _Layout:
     def __init__(self, probe: Encoding, probe_ids: list[int], max_length: int) -> None:
         sequence = probe.sequence_ids
         block = [i for i, s in enumerate(sequence) if s == 1]
-        if not block or block != list(range(block[0], block[-1] + 1)) or probe.ids[block[0] : block[-1] + 1] != probe_ids:
+        if (
+            not block
+            or block != list(range(block[0], block[-1] + 1))
+            or probe.ids[block[0] : block[-1] + 1] != probe_ids
+        ):
             raise ValueError("the template does not keep the passage in one piece")
         start, stop = block[0], block[-1] + 1
         types = probe.type_ids
@@ -86,7 +91,9 @@ class _Layout:
     def pair(self, passage_ids: np.ndarray) -> Pair:
         body = passage_ids[: self.room]
         ids = np.concatenate((self.head_ids, body, self.tail_ids), dtype=np.int64)
-        types = np.concatenate((self.head_types, np.full(len(body), self.passage_type, dtype=np.int64), self.tail_types))
+        types = np.concatenate(
+            (self.head_types, np.full(len(body), self.passage_type, dtype=np.int64), self.tail_types)
+        )
         return Pair(ids, types)
 
 
@@ -231,7 +238,12 @@ class PairTokenizer:
 
     def cache_info(self) -> dict[str, int]:
         """Passage token cache figures: size, entries, hits, misses."""
-        return {"size": self.cache_size, "entries": len(self._passages), "hits": self.cache_hits, "misses": self.cache_misses}
+        return {
+            "size": self.cache_size,
+            "entries": len(self._passages),
+            "hits": self.cache_hits,
+            "misses": self.cache_misses,
+        }
 
     def cache_clear(self) -> None:
         """Forget every passage and zero the counts."""
@@ -318,7 +330,9 @@ class PairTokenizer:
         if chunk_tokens < 1:
             raise ModelOptionError(f"chunk_tokens must be at least 1, got {chunk_tokens}")
         if not 0 <= stride < chunk_tokens:
-            raise ModelOptionError(f"stride must be at least 0 and smaller than chunk_tokens ({chunk_tokens}), got {stride}")
+            raise ModelOptionError(
+                f"stride must be at least 0 and smaller than chunk_tokens ({chunk_tokens}), got {stride}"
+            )
         if max_chunks < 1:
             raise ModelOptionError(f"max_chunks must be at least 1, got {max_chunks}")
         try:
@@ -341,6 +355,7 @@ class PairTokenizer:
                 break
             start += step
         return chunks
+
 
 def round_up(n: int, multiple: int) -> int:
     """``n`` rounded up to a multiple of ``multiple`` (``multiple`` <= 1: ``n``)."""

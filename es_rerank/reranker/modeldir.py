@@ -31,9 +31,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal, Mapping, get_args
+from typing import Any, Literal, get_args
 
 from ..errors import ModelError
 
@@ -92,7 +93,7 @@ class ModelDirConfig:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, origin: str = MODEL_CONFIG_FILE) -> "ModelDirConfig":
+    def from_dict(cls, data: Mapping[str, Any], *, origin: str = MODEL_CONFIG_FILE) -> ModelDirConfig:
         """Validate a parsed ``es-rerank-model.json``; a :class:`ModelError` lists every problem."""
         if not isinstance(data, Mapping):
             raise ModelError(f"{origin}: expected a JSON object, got {type(data).__name__}")

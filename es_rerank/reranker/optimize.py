@@ -261,8 +261,12 @@ def fuse_attention(model: Any, *, num_heads: int | None = None, mask_input: str 
             attrs["scale"] = scale
         new_nodes.append(
             helper.make_node(
-                "Attention", [q[0], weight_name, bias_name, mask_name], [chain[-1].output[0]],
-                name=f"Attention_{fused}", domain=MS_DOMAIN, **attrs,
+                "Attention",
+                [q[0], weight_name, bias_name, mask_name],
+                [chain[-1].output[0]],
+                name=f"Attention_{fused}",
+                domain=MS_DOMAIN,
+                **attrs,
             )  # fmt: skip
         )
         remove.append(chain[-1])

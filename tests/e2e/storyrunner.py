@@ -31,9 +31,10 @@ import fnmatch
 import json
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import httpx
 import yaml
@@ -392,8 +393,13 @@ def _expand_methods(chapters: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _build_request(chapter: dict[str, Any], outputs: Outputs) -> tuple[str, list[tuple[str, str]], dict[str, str], bytes | None]:
-    params = {k: (outputs.resolve_string(v) if isinstance(v, str) else v) for k, v in (chapter.get("parameters") or {}).items()}
+def _build_request(
+    chapter: dict[str, Any], outputs: Outputs
+) -> tuple[str, list[tuple[str, str]], dict[str, str], bytes | None]:
+    params = {
+        k: (outputs.resolve_string(v) if isinstance(v, str) else v)
+        for k, v in (chapter.get("parameters") or {}).items()
+    }
     used: set[str] = set()
 
     def fill(m: re.Match) -> str:
@@ -544,7 +550,12 @@ def run_story(
     for chapter in _expand_methods(story.get("chapters") or []):
         expected = (chapter.get("response") or {}).get("status", 200)
         allowed = tuple(expected) if isinstance(expected, list) else (int(expected),)
-        r = one("chapter", chapter, allowed, "skipped: an earlier request failed" if has_errors and stop_after_error else None)
+        r = one(
+            "chapter",
+            chapter,
+            allowed,
+            "skipped: an earlier request failed" if has_errors and stop_after_error else None,
+        )
         run.results.append(r)
         # A wrong status (upstream: ERROR) skips what follows; a payload mismatch does not.
         has_errors = has_errors or (r.ran and (not r.status_ok or r.error is not None))
@@ -572,7 +583,11 @@ def story_indices(story: dict[str, Any]) -> set[str]:
             for key, value in payload.items():
                 if key in ("_index", "index") and isinstance(value, (str, list)):
                     add(value)
-                elif key in ("source", "dest") and isinstance(value, dict) and isinstance(value.get("index"), (str, list)):
+                elif (
+                    key in ("source", "dest")
+                    and isinstance(value, dict)
+                    and isinstance(value.get("index"), (str, list))
+                ):
                     add(value["index"])
                 else:
                     walk(value)

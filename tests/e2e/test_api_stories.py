@@ -36,8 +36,6 @@ from typing import Any
 
 import httpx
 import pytest
-
-from es_rerank import create_app, settings_from_dict
 from storyrunner import (
     SUMMARY,
     ChapterResult,
@@ -48,6 +46,8 @@ from storyrunner import (
     story_indices,
     story_skip_reason,
 )
+
+from es_rerank import create_app, settings_from_dict
 
 pytestmark = pytest.mark.e2e
 
@@ -63,8 +63,12 @@ MIN_RUNNING = 25
 
 _NO_PAINLESS = "needs the lang-painless module (scripts), absent from the integ-test distribution"
 _NO_MUSTACHE = "needs the lang-mustache module (search templates), absent from the integ-test distribution"
-_NO_REINDEX = "needs the reindex module (_reindex, _update_by_query, _delete_by_query), absent from the integ-test distribution"
-_NO_ANALYSIS = "needs the analysis-common module (keyword/whitespace tokenizers), absent from the integ-test distribution"
+_NO_REINDEX = (
+    "needs the reindex module (_reindex, _update_by_query, _delete_by_query), absent from the integ-test distribution"
+)
+_NO_ANALYSIS = (
+    "needs the analysis-common module (keyword/whitespace tokenizers), absent from the integ-test distribution"
+)
 _NO_GEO = "needs the geo module (geo_shape, xy_point, xy_shape), absent from the integ-test distribution"
 _NO_PIPELINE = "needs the search-pipeline-common module (its processors), absent from the integ-test distribution"
 _NO_KNN = "needs the k-NN plugin (index.knn, knn_vector)"
@@ -112,7 +116,8 @@ NOT_ON_THIS_NODE: dict[str, str] = {
     "_core/search/knn/search/search_k.yaml": _NO_KNN,
     "_core/search/knn/search/search_max_distance.yaml": _NO_KNN,
     "_core/search/knn/search/search_min_score.yaml": _NO_KNN,
-    "_core/search/knn/search/search_pipeline.yaml": _NO_KNN + " and the ml-commons plugin (it also retries for minutes)",
+    "_core/search/knn/search/search_pipeline.yaml": _NO_KNN
+    + " and the ml-commons plugin (it also retries for minutes)",
     "_core/search/point_in_time/all.yaml": "a chapter deletes every point in time on the node (DELETE /_search/point_in_time/_all): not on a shared node",
     "_core/upgrade.yaml": "POST /_upgrade acts on every index of the node (the shared dev node's included): not on a shared node",
 }
@@ -129,7 +134,9 @@ def _story_path(rel: str) -> Path:
 def _story_params() -> list:
     params = []
     if not CORE.is_dir():
-        params.append(pytest.param(None, marks=pytest.mark.skip(reason=f"no upstream stories at {CORE}"), id="no-stories"))
+        params.append(
+            pytest.param(None, marks=pytest.mark.skip(reason=f"no upstream stories at {CORE}"), id="no-stories")
+        )
     paths = sorted(CORE.rglob("*.yaml")) if CORE.is_dir() else []
     for path in paths:
         rel = path.relative_to(SUITE).as_posix()
@@ -207,7 +214,10 @@ def _auto_ids(run: StoryRun, story_text: str) -> set[str]:
 
 def _normalize(value: Any, auto: set[str]) -> Any:
     if isinstance(value, dict):
-        return {k: ("<auto>" if k == "_id" and isinstance(v, str) and v in auto else _normalize(v, auto)) for k, v in value.items()}
+        return {
+            k: ("<auto>" if k == "_id" and isinstance(v, str) and v in auto else _normalize(v, auto))
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_normalize(v, auto) for v in value]
     return value
@@ -245,7 +255,9 @@ def _search_diffs(direct: Any, proxied: Any, where: str) -> list[str]:
         if a == b:
             return []
         keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-        return [f"{where}: not reranked but differs from direct in {keys}: proxy {_short({k: b.get(k) for k in keys})} direct {_short({k: a.get(k) for k in keys})}"]
+        return [
+            f"{where}: not reranked but differs from direct in {keys}: proxy {_short({k: b.get(k) for k in keys})} direct {_short({k: a.get(k) for k in keys})}"
+        ]
 
     out = []
     if set(direct) != set(proxied):
@@ -263,9 +275,9 @@ def _search_diffs(direct: Any, proxied: Any, where: str) -> list[str]:
         out.append(f"{where}.hits.hits: {len(pl)} hits, direct {len(dl)}")
     total = dh.get("total")
     total = total.get("value") if isinstance(total, dict) else total
-    if isinstance(total, int) and len(dl) == total:  # the page holds every hit: same hits
-        if Counter(map(_key, dl)) != Counter(map(_key, pl)):
-            out.append(f"{where}.hits.hits: {_short([_key(h) for h in pl])} != direct {_short([_key(h) for h in dl])}")
+    # the page holds every hit: same hits
+    if isinstance(total, int) and len(dl) == total and Counter(map(_key, dl)) != Counter(map(_key, pl)):
+        out.append(f"{where}.hits.hits: {_short([_key(h) for h in pl])} != direct {_short([_key(h) for h in dl])}")
     for i, (x, y) in enumerate(zip(dl, pl)):
         if set(x) | {"_rerank"} != set(y) | {"_rerank"}:
             out.append(f"{where}.hits.hits[{i}]: keys {sorted(y)} != direct {sorted(x)}")

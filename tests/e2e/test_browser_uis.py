@@ -28,9 +28,9 @@ from pathlib import Path
 import httpx
 import pytest
 from opensearchpy import OpenSearch
+from uipages import CHROMIUM, StaticSite, answers, build, skip_unless_browser
 
 from es_rerank import create_app, settings_from_dict
-from uipages import CHROMIUM, StaticSite, answers, build, skip_unless_browser
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,13 @@ def _docs(n: int = 300):
     with gzip.open(ROOT / "demo" / "scifact" / "corpus.jsonl.gz", "rt", encoding="utf-8") as f:
         for i, line in enumerate(itertools.islice(f, n)):
             doc = json.loads(line)
-            yield {"_index": INDEX, "_id": doc["_id"], "title": doc["title"], "text": doc["text"], "category": CATEGORIES[i % 4]}
+            yield {
+                "_index": INDEX,
+                "_id": doc["_id"],
+                "title": doc["title"],
+                "text": doc["text"],
+                "category": CATEGORIES[i % 4],
+            }
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +71,9 @@ def direct(opensearch_url):
         index=INDEX,
         body={
             "settings": {"number_of_shards": 1, "number_of_replicas": 0},
-            "mappings": {"properties": {"title": {"type": "text"}, "text": {"type": "text"}, "category": {"type": "keyword"}}},
+            "mappings": {
+                "properties": {"title": {"type": "text"}, "text": {"type": "text"}, "category": {"type": "keyword"}}
+            },
         },
     )
     bulk(client, _docs(), refresh=True)
@@ -114,7 +122,10 @@ def browser():
 def _main_result(body: dict) -> dict | None:
     """The reranked result of an answer (an _msearch's item with reranked hits, or the _search itself)."""
     results = body.get("responses", [body]) if isinstance(body, dict) else []
-    return next((r for r in results if isinstance(r, dict) and any("_rerank" in h for h in r.get("hits", {}).get("hits", []))), None)
+    return next(
+        (r for r in results if isinstance(r, dict) and any("_rerank" in h for h in r.get("hits", {}).get("hits", []))),
+        None,
+    )
 
 
 def _buckets(aggs) -> list[tuple[str, int]] | None:
@@ -194,7 +205,7 @@ def _label_count(text: str) -> tuple[str, int]:
         label, count = text.rsplit(":", 1)
     else:  # InstantSearch: "biology75"
         label = text.rstrip("0123456789,").strip()
-        count = text[len(label):]
+        count = text[len(label) :]
     return label.strip(), int(count.replace(",", "").strip())
 
 
@@ -268,7 +279,9 @@ def test_the_compare_page_posts_clicks_as_ubi_events_under_an_experiment(browser
         page.click("#reranked-hits li .title")
         page.wait_for_function("() => document.body.dataset.clicks === '1'", timeout=WAIT_MS)
         direct.indices.refresh(index="rr-ui-ubi-events")
-        events = direct.search(index="rr-ui-ubi-events", body={"query": {"term": {"action_name": "click"}}})["hits"]["hits"]
+        events = direct.search(index="rr-ui-ubi-events", body={"query": {"term": {"action_name": "click"}}})["hits"][
+            "hits"
+        ]
         assert [e["_source"]["event_attributes"]["object"]["object_id"] for e in events] == [first]
         assert events[0]["_source"]["event_attributes"]["position"]["ordinal"] == 0
         # The click belongs to the search recorded as served (written by the recorder's background flush).
@@ -276,7 +289,9 @@ def test_the_compare_page_posts_clicks_as_ubi_events_under_an_experiment(browser
         deadline = time.monotonic() + WAIT_MS / 1000
         while True:
             direct.indices.refresh(index="rr-ui-ubi-queries", ignore_unavailable=True)
-            found = direct.search(index="rr-ui-ubi-queries", body={"query": {"term": {"query_id": query_id}}}, ignore_unavailable=True)
+            found = direct.search(
+                index="rr-ui-ubi-queries", body={"query": {"term": {"query_id": query_id}}}, ignore_unavailable=True
+            )
             if found["hits"]["total"]["value"] or time.monotonic() > deadline:
                 break
             time.sleep(0.2)

@@ -6,8 +6,7 @@ import json
 
 import httpx
 import pytest
-
-from storyrunner import _Yaml12Loader, _unsafe, payload_mismatches, run_story, satisfies, story_indices
+from storyrunner import _unsafe, _Yaml12Loader, payload_mismatches, run_story, satisfies, story_indices
 
 pytestmark = pytest.mark.e2e
 
@@ -16,7 +15,10 @@ pytestmark = pytest.mark.e2e
     "expected, actual",
     [
         ({"a": 1}, {"a": 1, "b": 2}),  # objects are partial
-        ({"hits": {"hits": [{"_id": "x"}]}}, {"hits": {"hits": [{"_id": "x", "_score": 1.0}, {"_id": "y"}]}}),  # extra elements ok
+        (
+            {"hits": {"hits": [{"_id": "x"}]}},
+            {"hits": {"hits": [{"_id": "x", "_score": 1.0}, {"_id": "y"}]}},
+        ),  # extra elements ok
         ({"max_score": 1}, {"max_score": 1.0}),  # numbers compare as numbers
         ({"max_score": None}, {"max_score": None}),
         ({"hits": []}, {"hits": [{"_id": "x"}]}),  # an empty expected array holds for any array
@@ -34,7 +36,11 @@ def test_subset_holds(expected, actual):
         ({"a": 1}, {"b": 1}, "missing a=1"),
         ({"a": {"b": 1}}, {"a": {"b": 2}}, "expected a.b=1, got 2"),
         ({"l": [{"k": 1}, {"k": 2}]}, {"l": [{"k": 1}]}, 'missing l[1]={"k": 2}'),
-        ({"l": [{"k": 1}, {"k": 2}]}, {"l": [{"k": 2}, {"k": 1}]}, "expected l[0].k=1, got 2"),  # by index, not as a set
+        (
+            {"l": [{"k": 1}, {"k": 2}]},
+            {"l": [{"k": 2}, {"k": 1}]},
+            "expected l[0].k=1, got 2",
+        ),  # by index, not as a set
         ({"a": "1"}, {"a": 1}, "a: expected string"),  # same JSON type
         ({"a": True}, {"a": 1}, "a: expected boolean"),
         ({"a": None}, {"a": {}}, "a: expected null"),
@@ -49,9 +55,22 @@ def test_subset_fails(expected, actual, message):
 @pytest.mark.parametrize(
     "spec, ok",
     [
-        (">= 2.0", True), (">=2.19", True), (">= 2.19.6", True), (">= 2.19.7", False), ("> 2.19", False),
-        ("> 2.18", True), ("< 2.19", False), ("< 3", True), ("<= 2.19", True), (">= 2.4 < 2.19", False),
-        (">= 2.4 < 3", True), ("= 2.19", True), ("2", True), ("3", False), ("1 || 2.x", True), (">= 3.0", False),
+        (">= 2.0", True),
+        (">=2.19", True),
+        (">= 2.19.6", True),
+        (">= 2.19.7", False),
+        ("> 2.19", False),
+        ("> 2.18", True),
+        ("< 2.19", False),
+        ("< 3", True),
+        ("<= 2.19", True),
+        (">= 2.4 < 2.19", False),
+        (">= 2.4 < 3", True),
+        ("= 2.19", True),
+        ("2", True),
+        ("3", False),
+        ("1 || 2.x", True),
+        (">= 3.0", False),
     ],
 )
 def test_version_ranges(spec, ok):
@@ -68,9 +87,18 @@ def test_yaml_is_read_as_yaml_1_2():
 @pytest.mark.parametrize(
     "path, refused",
     [
-        ("/movies", False), ("/books,movies", False), ("/games/_alias/*", False), ("/_search/scroll", False),
-        ("/*", True), ("/_all", True), ("/scifact", True), ("/rr-docs", True), ("/movies,scifact", True),
-        ("/_search/scroll/_all", True), ("/_search/point_in_time/_all", True), ("/mov*", True),
+        ("/movies", False),
+        ("/books,movies", False),
+        ("/games/_alias/*", False),
+        ("/_search/scroll", False),
+        ("/*", True),
+        ("/_all", True),
+        ("/scifact", True),
+        ("/rr-docs", True),
+        ("/movies,scifact", True),
+        ("/_search/scroll/_all", True),
+        ("/_search/point_in_time/_all", True),
+        ("/mov*", True),
     ],
 )
 def test_safety_guard(path, refused):
@@ -96,21 +124,40 @@ def test_requests_outputs_and_verdicts():
     story = {
         "description": "A test.",
         "prologues": [
-            {"path": "/_bulk", "method": "POST", "parameters": {"refresh": True},
-             "request": {"content_type": "application/x-ndjson", "payload": [{"create": {"_index": "movies"}}, {"title": "x"}]}},
-            {"path": "/{index}/_search", "method": "GET", "id": "s", "parameters": {"index": "movies", "scroll": "10m"},
-             "output": {"sid": "payload._scroll_id"}},
+            {
+                "path": "/_bulk",
+                "method": "POST",
+                "parameters": {"refresh": True},
+                "request": {
+                    "content_type": "application/x-ndjson",
+                    "payload": [{"create": {"_index": "movies"}}, {"title": "x"}],
+                },
+            },
+            {
+                "path": "/{index}/_search",
+                "method": "GET",
+                "id": "s",
+                "parameters": {"index": "movies", "scroll": "10m"},
+                "output": {"sid": "payload._scroll_id"},
+            },
         ],
         "chapters": [
-            {"synopsis": "Scroll.", "path": "/_search/scroll", "method": ["GET", "POST"],
-             "request": {"payload": {"scroll_id": "${s.sid}"}},
-             "response": {"status": 200, "payload": {"hits": {"hits": [{"_id": "1"}]}}}},
+            {
+                "synopsis": "Scroll.",
+                "path": "/_search/scroll",
+                "method": ["GET", "POST"],
+                "request": {"payload": {"scroll_id": "${s.sid}"}},
+                "response": {"status": 200, "payload": {"hits": {"hits": [{"_id": "1"}]}}},
+            },
             {"synopsis": "Pending.", "path": "/x", "method": "GET", "pending": "later"},
             {"synopsis": "Too new.", "path": "/x", "method": "GET", "version": ">= 3.0"},
             {"synopsis": "Fails.", "path": "/nope", "method": "GET"},
             {"synopsis": "Skipped after an error.", "path": "/_search/scroll", "method": "GET"},
         ],
-        "epilogues": [{"path": "/movies", "method": "DELETE", "status": [200, 404]}, {"path": "/*", "method": "DELETE"}],
+        "epilogues": [
+            {"path": "/movies", "method": "DELETE", "status": [200, 404]},
+            {"path": "/*", "method": "DELETE"},
+        ],
     }
     with httpx.Client(transport=httpx.MockTransport(handler), base_url="http://node") as client:
         run = run_story(client, story, version="2.19.6")

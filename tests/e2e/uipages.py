@@ -97,7 +97,9 @@ def build(name: str) -> Path:
     """The built page ``name`` (index.html + bundle.js), from the cache when its sources are unchanged."""
     source = HERE / name
     files = sorted(p for p in source.iterdir() if p.is_file())
-    digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files) + RECORDER.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files) + RECORDER.encode()).hexdigest()[
+        :16
+    ]
     out = cache_root() / f"{name}-{digest}"
     if (out / "bundle.js").exists() and (out / "index.html").exists():
         return out
@@ -141,7 +143,7 @@ class StaticSite:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "StaticSite":
+    def __enter__(self) -> StaticSite:
         self.thread.start()
         return self
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from faulty_upstream import FaultyUpstream
 
 from es_rerank import create_app, settings_from_dict
-from faulty_upstream import FaultyUpstream
 
 pytestmark = pytest.mark.integration
 
@@ -16,7 +16,11 @@ pytestmark = pytest.mark.integration
 def proxy(tiny_model_dir, serve_app):
     with FaultyUpstream() as upstream:
         settings = settings_from_dict(
-            {"upstream": {"url": upstream.url}, "models": {"tiny": {"path": str(tiny_model_dir)}}, "indices": [{"pattern": "x"}]},
+            {
+                "upstream": {"url": upstream.url},
+                "models": {"tiny": {"path": str(tiny_model_dir)}},
+                "indices": [{"pattern": "x"}],
+            },
             env={},
         )
         with serve_app(create_app(settings)) as served:

@@ -13,10 +13,10 @@ import socket
 
 import httpx
 import pytest
-
-from es_rerank import create_app, settings_from_dict
 from faulty_upstream import FaultyUpstream
 from rawhttp import exchange, is_shaped_error, request
+
+from es_rerank import create_app, settings_from_dict
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,9 @@ def _settings(upstream_url: str, model_dir, cors: dict | None, **upstream) -> ob
             "upstream": {"url": upstream_url, "timeout": 1, "connect_timeout": 1, **upstream},
             "server": {"max_content_length": 10_000, **({"cors": cors} if cors is not None else {})},
             "models": {"tiny": {"path": str(model_dir)}},
-            "indices": [{"pattern": "ft-*", "model": "tiny", "fields": ["title", "text"], "window": 2, "max_window": 5}],
+            "indices": [
+                {"pattern": "ft-*", "model": "tiny", "fields": ["title", "text"], "window": 2, "max_window": 5}
+            ],
         },
         env={},
     )
@@ -71,7 +73,9 @@ def _cors_ok(answer, origin: str = ORIGIN) -> None:
     assert {"x-rerank", "x-rerank-reason", "x-rerank-items", "x-rerank-model"} <= exposed
 
 
-def _preflight(port: int, path: str, origin: str = ORIGIN, headers: str = "content-type,authorization,x-elastic-client-meta"):
+def _preflight(
+    port: int, path: str, origin: str = ORIGIN, headers: str = "content-type,authorization,x-elastic-client-meta"
+):
     return exchange(
         port,
         request(
@@ -102,7 +106,10 @@ def test_an_origin_not_allowed_is_refused_403_preflight_and_request(proxy, proxy
     before = len(faulty.requests)
     assert _preflight(proxy.port, "/ft-docs/_search", origin="http://evil.example").status == 403
     answer = exchange(
-        proxy.port, request("POST", "/ft-docs/_search", SEARCH, {"Content-Type": "application/json", "Origin": "http://evil.example"})
+        proxy.port,
+        request(
+            "POST", "/ft-docs/_search", SEARCH, {"Content-Type": "application/json", "Origin": "http://evil.example"}
+        ),
     )
     assert answer.status == 403 and "access-control-allow-origin" not in answer.headers
     assert len(faulty.requests) == before
@@ -113,13 +120,17 @@ def test_an_origin_not_allowed_is_refused_403_preflight_and_request(proxy, proxy
 def test_a_same_origin_request_is_served(proxy):
     """A page es-rerank serves itself sends its own origin on POST: not cross-origin."""
     origin = f"http://127.0.0.1:{proxy.port}"  # httpx sends Host: 127.0.0.1:<port>
-    answer = httpx.post(f"{proxy.url}/ft-docs/_search", content=SEARCH, headers={"Content-Type": "application/json", "Origin": origin})
+    answer = httpx.post(
+        f"{proxy.url}/ft-docs/_search", content=SEARCH, headers={"Content-Type": "application/json", "Origin": origin}
+    )
     assert answer.status_code == 200 and answer.headers["x-rerank"] == "reranked"
     assert "access-control-allow-origin" not in answer.headers
 
 
 def test_a_reranked_search_carries_the_headers(proxy):
-    answer = exchange(proxy.port, request("POST", "/ft-docs/_search", SEARCH, {"Content-Type": "application/json", "Origin": ORIGIN}))
+    answer = exchange(
+        proxy.port, request("POST", "/ft-docs/_search", SEARCH, {"Content-Type": "application/json", "Origin": ORIGIN})
+    )
     assert answer.status == 200 and answer.headers["x-rerank"] == "reranked"
     _cors_ok(answer)
 
@@ -152,7 +163,8 @@ def test_every_answer_of_es_rerank_carries_the_headers(proxy, method, path, body
 def test_a_502_when_opensearch_is_down_carries_the_headers(proxy_upstream_down):
     origin = "http://localhost:3000"
     answer = exchange(
-        proxy_upstream_down.port, request("POST", "/ft-docs/_search", SEARCH, {"Content-Type": "application/json", "Origin": origin})
+        proxy_upstream_down.port,
+        request("POST", "/ft-docs/_search", SEARCH, {"Content-Type": "application/json", "Origin": origin}),
     )
     assert answer.status == 502 and answer.json()["error"]["type"] == "rerank_upstream_unavailable_exception"
     _cors_ok(answer, origin)

@@ -90,7 +90,9 @@ def direct(opensearch_url):
     client.indices.create(index=INDEX, body={"settings": {"number_of_shards": 1, "number_of_replicas": 0}})
     with gzip.open(ROOT / "demo" / "scifact" / "corpus.jsonl.gz", "rt", encoding="utf-8") as f:
         docs = [json.loads(line) for line in itertools.islice(f, 300)]
-    bulk(client, ({"_index": INDEX, "_id": d["_id"], "title": d["title"], "text": d["text"]} for d in docs), refresh=True)
+    bulk(
+        client, ({"_index": INDEX, "_id": d["_id"], "title": d["title"], "text": d["text"]} for d in docs), refresh=True
+    )
     yield client
     client.indices.delete(index=INDEX, ignore_unavailable=True)
 
@@ -118,7 +120,12 @@ def _search(url: str, query: str, **body) -> httpx.Response:
 
 
 def _marks(r: httpx.Response) -> tuple[str, str, str, int]:
-    return r.headers["x-rerank"], r.headers["x-rerank-reason"], r.headers["x-rerank-model"], int(r.headers["x-rerank-window"])
+    return (
+        r.headers["x-rerank"],
+        r.headers["x-rerank-reason"],
+        r.headers["x-rerank-model"],
+        int(r.headers["x-rerank-window"]),
+    )
 
 
 class Background:
@@ -145,7 +152,9 @@ class Background:
 # -- one client at a time ------------------------------------------------------------------
 
 
-def test_a_sequential_client_through_a_slow_spell_and_a_stall_is_never_shed(direct, opensearch_url, tiny_model_dir, serve_app):
+def test_a_sequential_client_through_a_slow_spell_and_a_stall_is_never_shed(
+    direct, opensearch_url, tiny_model_dir, serve_app
+):
     """Slow (each window 4x the budget), then fast, then one run stalled for 20 s: every
     search of one client after another is scored (partly while the model looks slow); the
     full window is back within 5 searches of the slow spell ending, and right after the stall."""
@@ -213,7 +222,11 @@ def busy(direct, opensearch_url, tiny_model_dir, serve_app):
     with serve_app(app) as served:
         assert _marks(_search(served.url, "warm up")) == ("reranked", "reranked", "big", K)
         # 'small' learns its rate from a search that names it
-        assert _marks(_search(served.url, "warm up", ext={"rerank": {"model": "small"}}))[:3] == ("reranked", "reranked", "small")
+        assert _marks(_search(served.url, "warm up", ext={"rerank": {"model": "small"}}))[:3] == (
+            "reranked",
+            "reranked",
+            "small",
+        )
         yield served, (big, big_session), (small, small_session)
         big_session.gate.set()
         small_session.gate.set()
@@ -238,7 +251,7 @@ def _fill(served, big, big_session, small, small_session):
     for query in QUERIES[2:8]:  # small's queue fills: partial windows, then nothing fits
         before = small.queue_wait_s()
         search = Background(_search, served.url, query)
-        wait_until(lambda: search.done.is_set() or small.queue_wait_s() > before)
+        wait_until(lambda search=search, before=before: search.done.is_set() or small.queue_wait_s() > before)
         if search.done.is_set():
             return a, b, later, (query, search.result())
         later.append((query, search))
@@ -264,7 +277,10 @@ def test_concurrent_searches_degrade_to_the_fallback_model_then_partial_then_fir
     metrics = httpx.get(f"{served.url}/_rerank/metrics").text
     for model, outcome, reason in [("big", "reranked", "reranked"), ("small", "reranked", "fallback_model"),
                                    ("small", "reranked", "partial"), ("big", "fallback", "overloaded")]:  # fmt: skip
-        assert f'es_rerank_rerank_outcomes_total{{index="rd-*",model="{model}",outcome="{outcome}",reason="{reason}"}}' in metrics
+        assert (
+            f'es_rerank_rerank_outcomes_total{{index="rd-*",model="{model}",outcome="{outcome}",reason="{reason}"}}'
+            in metrics
+        )
 
 
 def _msearch(url: str, queries: list[str]) -> httpx.Response:
@@ -272,7 +288,11 @@ def _msearch(url: str, queries: list[str]) -> httpx.Response:
     for query in queries:
         lines += [{"index": INDEX}, {"query": {"match": {"text": query}}}]
     with httpx.Client(base_url=url, timeout=120) as c:
-        return c.post("/_msearch", content="".join(json.dumps(x) + "\n" for x in lines), headers={"content-type": "application/x-ndjson"})
+        return c.post(
+            "/_msearch",
+            content="".join(json.dumps(x) + "\n" for x in lines),
+            headers={"content-type": "application/x-ndjson"},
+        )
 
 
 def _counter(served, model: str, outcome: str, reason: str) -> float:

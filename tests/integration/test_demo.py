@@ -9,7 +9,6 @@ answers. Waits are bounded by events (lines read, the process ending).
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import queue
 import signal
@@ -39,7 +38,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _reader(stream, lines: "queue.Queue[str | None]", kept: list[str]) -> None:
+def _reader(stream, lines: queue.Queue[str | None], kept: list[str]) -> None:
     for line in iter(stream.readline, ""):
         kept.append(line.rstrip("\n"))
         lines.put(line.rstrip("\n"))
@@ -54,21 +53,42 @@ def small_corpus(tmp_path) -> Path:
     return path
 
 
-def test_demo_writes_its_config_prints_once_and_serves_after_binding(opensearch_url, tiny_model_dir, small_corpus, tmp_path):
+def test_demo_writes_its_config_prints_once_and_serves_after_binding(
+    opensearch_url, tiny_model_dir, small_corpus, tmp_path
+):
     client = OpenSearch(opensearch_url, timeout=60)
     client.indices.delete(index=INDEX, ignore_unavailable=True)
     port = free_port()
     config_path = tmp_path / "cfg" / "demo.yaml"
-    cmd = [sys.executable, "-m", "es_rerank.cli", "demo", "--opensearch-url", opensearch_url, "--port", str(port),
-           "--model", str(tiny_model_dir), "--corpus", str(small_corpus), "--index", INDEX, "--window", "10",
-           "--write-config", str(config_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "es_rerank.cli",
+        "demo",
+        "--opensearch-url",
+        opensearch_url,
+        "--port",
+        str(port),
+        "--model",
+        str(tiny_model_dir),
+        "--corpus",
+        str(small_corpus),
+        "--index",
+        INDEX,
+        "--window",
+        "10",
+        "--write-config",
+        str(config_path),
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
-    out_lines: "queue.Queue[str | None]" = queue.Queue()
+    out_lines: queue.Queue[str | None] = queue.Queue()
     out: list[str] = []
     err: list[str] = []
-    threads = [threading.Thread(target=_reader, args=(proc.stdout, out_lines, out), daemon=True),
-               threading.Thread(target=_reader, args=(proc.stderr, queue.Queue(), err), daemon=True)]
+    threads = [
+        threading.Thread(target=_reader, args=(proc.stdout, out_lines, out), daemon=True),
+        threading.Thread(target=_reader, args=(proc.stderr, queue.Queue(), err), daemon=True),
+    ]
     for t in threads:
         t.start()
     try:
@@ -80,7 +100,11 @@ def test_demo_writes_its_config_prints_once_and_serves_after_binding(opensearch_
         # Said only once the port is bound and the proxy answers.
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             pass
-        answer = httpx.post(f"http://127.0.0.1:{port}/{INDEX}/_search", json={"query": {"match": {"text": "cells"}}, "size": 3}, timeout=60)
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/{INDEX}/_search",
+            json={"query": {"match": {"text": "cells"}}, "size": 3},
+            timeout=60,
+        )
         assert answer.status_code == 200 and answer.headers["x-rerank"] == "reranked"
     finally:
         proc.send_signal(signal.SIGINT)
@@ -103,7 +127,9 @@ def test_demo_writes_its_config_prints_once_and_serves_after_binding(opensearch_
     doubled = [line for line in printed if any(log.endswith(": " + line) for log in err)]
     assert not doubled, (doubled, err)
     # "loading the model" comes before the model's log line; "serving" after uvicorn bound the port.
-    assert out.index("loading the model ...") < out.index(next(line for line in out if line.startswith("es-rerank serving on")))
+    assert out.index("loading the model ...") < out.index(
+        next(line for line in out if line.startswith("es-rerank serving on"))
+    )
 
     settings = load_settings(config_path)
     assert settings.server.port == port and settings.upstream.url == opensearch_url

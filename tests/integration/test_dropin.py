@@ -17,9 +17,9 @@ import httpx
 import pytest
 from opensearchpy import OpenSearch
 from opensearchpy.helpers import bulk
+from rawhttp import exchange, is_shaped_error, request
 
 from es_rerank import create_app, settings_from_dict
-from rawhttp import exchange, is_shaped_error, request
 
 pytestmark = pytest.mark.integration
 
@@ -42,8 +42,14 @@ def indices(opensearch_url):
     client = OpenSearch(opensearch_url, timeout=60)
     for name, mappings in ((INDEX, {}), (NO_SOURCE, {"_source": {"enabled": False}})):
         client.indices.delete(index=name, ignore_unavailable=True)
-        client.indices.create(index=name, body={"settings": {"number_of_shards": 1, "number_of_replicas": 0}, "mappings": mappings})
-        bulk(client, ({"_index": name, **{k: v for k, v in d.items() if k != "_id"}, "_id": d["_id"]} for d in _docs()), refresh=True)
+        client.indices.create(
+            index=name, body={"settings": {"number_of_shards": 1, "number_of_replicas": 0}, "mappings": mappings}
+        )
+        bulk(
+            client,
+            ({"_index": name, **{k: v for k, v in d.items() if k != "_id"}, "_id": d["_id"]} for d in _docs()),
+            refresh=True,
+        )
     # One document whose number is written as no float would write it back.
     written = httpx.put(
         f"{opensearch_url}/{INDEX}/_doc/as-written?refresh=true",
@@ -130,7 +136,10 @@ def _top(ports, k: int) -> list[dict]:
 
 def test_a_content_type_opensearch_refuses_is_refused_the_same(ports):
     body = json.dumps(QUERY).encode()
-    for headers in ({"Content-Type": "application/vnd.elasticsearch+json;compatible-with=7"}, {"Content-Type": "text/plain"}):
+    for headers in (
+        {"Content-Type": "application/vnd.elasticsearch+json;compatible-with=7"},
+        {"Content-Type": "text/plain"},
+    ):
         via, direct = both(ports, search(INDEX, body, headers))
         assert via.status == direct.status == 406
     no_type = request("POST", f"/{INDEX}/_search", body)
@@ -172,7 +181,15 @@ def test_an_unreadable_msearch_item_is_left_to_opensearch(ports):
         ("a list body", search(INDEX, b"[1]")),
         ("empty size", request("GET", f"/{INDEX}/_search?size=&q=cells")),
         ("full-width size, raw", b"GET /dg-docs/_search?q=cells&size=\xef\xbc\x91 HTTP/1.1\r\nHost: x\r\n\r\n"),
-        ("msearch without final newline", request("POST", f"/{INDEX}/_msearch", b'{}\n{"query":{"match_all":{}}}', {"Content-Type": "application/x-ndjson"})),
+        (
+            "msearch without final newline",
+            request(
+                "POST",
+                f"/{INDEX}/_msearch",
+                b'{}\n{"query":{"match_all":{}}}',
+                {"Content-Type": "application/x-ndjson"},
+            ),
+        ),
         ("NaN", search(INDEX, b'{"min_score":NaN,"query":{"match":{"text":"cells"}}}')),
     ],
 )
@@ -194,7 +211,13 @@ def test_numbers_reach_opensearch_and_the_client_as_written(ports):
     via, direct = both(ports, search(INDEX, b'{"min_score":-1e400,"query":{"match":{"text":"cells protein"}}}'))
     assert via.status == direct.status == 200
     assert via.headers["x-rerank"] == "reranked"
-    via = exchange(ports[0], search(INDEX, b'{"query":{"ids":{"values":["as-written"]}},"ext":{"rerank":{"query_context":{"query_text":"cells"}}}}'))
+    via = exchange(
+        ports[0],
+        search(
+            INDEX,
+            b'{"query":{"ids":{"values":["as-written"]}},"ext":{"rerank":{"query_context":{"query_text":"cells"}}}}',
+        ),
+    )
     assert via.headers["x-rerank"] == "reranked"
     assert b'"n":1.10' in via.body
 
@@ -266,7 +289,12 @@ def test_rescore_and_min_score_are_part_of_the_first_stage(ports):
     the model then orders that window (its scores are returned, the first-stage ones kept)."""
     for extra in (
         {"min_score": 3.0},
-        {"rescore": {"window_size": 20, "query": {"rescore_query": {"match": {"title": "protein"}}, "query_weight": 0.1}}},
+        {
+            "rescore": {
+                "window_size": 20,
+                "query": {"rescore_query": {"match": {"title": "protein"}}, "query_weight": 0.1},
+            }
+        },
     ):
         body = json.dumps({**QUERY, "size": 20, **extra}).encode()
         via, direct = both(ports, search(INDEX, body))
@@ -274,7 +302,9 @@ def test_rescore_and_min_score_are_part_of_the_first_stage(ports):
         assert via.headers["x-rerank"] == "reranked"
         assert {h["_id"] for h in via.json()["hits"]["hits"]} == {h["_id"] for h in direct.json()["hits"]["hits"]}
         first_stage = {h["_id"]: h["_score"] for h in direct.json()["hits"]["hits"]}
-        assert {h["_id"]: h["_rerank"]["first_stage_score"] for h in via.json()["hits"]["hits"]} == pytest.approx(first_stage)
+        assert {h["_id"]: h["_rerank"]["first_stage_score"] for h in via.json()["hits"]["hits"]} == pytest.approx(
+            first_stage
+        )
 
 
 @pytest.mark.parametrize(

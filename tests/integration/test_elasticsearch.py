@@ -40,16 +40,24 @@ QUERY = "vitamin D deficiency risk"
 def direct(elasticsearch_url):
     with httpx.Client(base_url=elasticsearch_url, timeout=60) as c:
         c.delete(f"/{INDEX}")
-        mappings = {"properties": {"title": {"type": "text"}, "text": {"type": "text"}, "category": {"type": "keyword"}}}
-        r = c.put(f"/{INDEX}", json={"settings": {"number_of_shards": 1, "number_of_replicas": 0}, "mappings": mappings})
+        mappings = {
+            "properties": {"title": {"type": "text"}, "text": {"type": "text"}, "category": {"type": "keyword"}}
+        }
+        r = c.put(
+            f"/{INDEX}", json={"settings": {"number_of_shards": 1, "number_of_replicas": 0}, "mappings": mappings}
+        )
         assert r.status_code == 200, r.text
         lines = []
         with gzip.open(ROOT / "demo" / "scifact" / "corpus.jsonl.gz", "rt", encoding="utf-8") as f:
             for i, line in enumerate(itertools.islice(f, 300)):
                 doc = json.loads(line)
                 lines.append(json.dumps({"index": {"_index": INDEX, "_id": doc["_id"]}}))
-                lines.append(json.dumps({"title": doc["title"], "text": doc["text"], "category": ["a", "b", "c"][i % 3]}))
-        r = c.post("/_bulk?refresh=true", content="\n".join(lines) + "\n", headers={"content-type": "application/x-ndjson"})
+                lines.append(
+                    json.dumps({"title": doc["title"], "text": doc["text"], "category": ["a", "b", "c"][i % 3]})
+                )
+        r = c.post(
+            "/_bulk?refresh=true", content="\n".join(lines) + "\n", headers={"content-type": "application/x-ndjson"}
+        )
         assert r.status_code == 200 and not r.json()["errors"]
         yield c
         c.delete(f"/{INDEX}")
@@ -61,7 +69,9 @@ def proxy(direct, elasticsearch_url, tiny_model_dir, serve_app):
         {
             "upstream": {"url": elasticsearch_url, "timeout": 20},
             "models": {"tiny": {"path": str(tiny_model_dir), "max_length": 256}},
-            "indices": [{"pattern": "es-*", "model": "tiny", "fields": ["title", "text"], "window": WINDOW, "max_window": 100}],
+            "indices": [
+                {"pattern": "es-*", "model": "tiny", "fields": ["title", "text"], "window": WINDOW, "max_window": 100}
+            ],
         },
         env={},
     )
@@ -110,7 +120,9 @@ def test_a_search_is_reranked_in_the_models_order_with_elasticsearchs_totals(dir
     for hit in got["hits"]["hits"]:
         assert hit.get("highlight") == highlights[hit["_id"]]
         assert "fields" not in hit  # the text fetched for the model is removed again
-    pages = [proxy.post(f"/{INDEX}/_search", json={**body, "from": f, "size": 5}).json()["hits"]["hits"] for f in (0, 5)]
+    pages = [
+        proxy.post(f"/{INDEX}/_search", json={**body, "from": f, "size": 5}).json()["hits"]["hits"] for f in (0, 5)
+    ]
     assert [h["_id"] for p in pages for h in p] == [h["_id"] for h in got["hits"]["hits"]]
 
 
@@ -126,11 +138,16 @@ def test_skipped_searches_and_errors_are_elasticsearchs_own(direct, proxy):
 
 
 def test_msearch_items_are_reranked(direct, proxy, tiny_model_dir):
-    lines = [{}, {"query": {"match": {"text": QUERY}}, "size": 5}, {"index": INDEX}, {"query": {"match": {"text": "cancer"}}, "size": 5}]
+    lines = [
+        {},
+        {"query": {"match": {"text": QUERY}}, "size": 5},
+        {"index": INDEX},
+        {"query": {"match": {"text": "cancer"}}, "size": 5},
+    ]
     body = "".join(json.dumps(line) + "\n" for line in lines)
     r = proxy.post(f"/{INDEX}/_msearch", content=body, headers={"content-type": "application/x-ndjson"})
     assert r.status_code == 200 and r.headers["x-rerank-items"] == "2/2", r.text
-    for (query, response) in zip((QUERY, "cancer"), r.json()["responses"]):
+    for query, response in zip((QUERY, "cancer"), r.json()["responses"]):
         window = direct.post(f"/{INDEX}/_search", json={"query": {"match": {"text": query}}, "size": WINDOW}).json()
         want = _model_order(tiny_model_dir, query, window["hits"]["hits"])[:5]
         assert [h["_id"] for h in response["hits"]["hits"]] == want

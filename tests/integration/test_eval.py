@@ -9,7 +9,6 @@ OpenSearch answers, that in-process and black-box agree, and the bad-input error
 from __future__ import annotations
 
 import gzip
-import itertools
 import json
 from pathlib import Path
 
@@ -66,8 +65,18 @@ def beir(opensearch_url, tmp_path_factory):
     if client.indices.exists(index=INDEX):
         client.indices.delete(index=INDEX)
     client.indices.create(index=INDEX, body=json.loads((ROOT / "mappings" / "scifact.json").read_text()))
-    bulk(client, ({"_index": INDEX, "_id": d["_id"], "title": d["title"], "text": d["text"]} for d in docs.values()), refresh=True)
-    yield {"dir": out, "queries": out / "queries.jsonl", "qrels": out / "qrels.tsv", "client": client, "docs": len(docs)}
+    bulk(
+        client,
+        ({"_index": INDEX, "_id": d["_id"], "title": d["title"], "text": d["text"]} for d in docs.values()),
+        refresh=True,
+    )
+    yield {
+        "dir": out,
+        "queries": out / "queries.jsonl",
+        "qrels": out / "qrels.tsv",
+        "client": client,
+        "docs": len(docs),
+    }
     client.indices.delete(index=INDEX, ignore_unavailable=True)
 
 
@@ -98,13 +107,38 @@ def test_in_process_table_results_and_plot(in_process):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].startswith(f"index [{INDEX}], {N_QUERIES} queries (in-process: ")
-    assert lines[2].split() == ["K", "|", "NDCG@10", "MRR@10", "Recall@K", "|", "NDCG@10", "MRR@10", "Recall@10", "|", "p50", "p95", "|", "pairs/s"]
+    assert lines[2].split() == [
+        "K",
+        "|",
+        "NDCG@10",
+        "MRR@10",
+        "Recall@K",
+        "|",
+        "NDCG@10",
+        "MRR@10",
+        "Recall@10",
+        "|",
+        "p50",
+        "p95",
+        "|",
+        "pairs/s",
+    ]
     rows = {line.split()[0]: line.split() for line in lines[4:6]}
     assert set(rows) == {"10", "20"}
     assert all(len(row) == 14 for row in rows.values())
 
     data = json.loads((out / "results.json").read_text())
-    assert {"index", "mode", "target", "upstream", "first_stage_query", "queries", "unjudged", "model", "results"} <= set(data)
+    assert {
+        "index",
+        "mode",
+        "target",
+        "upstream",
+        "first_stage_query",
+        "queries",
+        "unjudged",
+        "model",
+        "results",
+    } <= set(data)
     assert data["mode"] == "in-process" and data["queries"] == N_QUERIES and data["model"] == "tiny"
     assert data["first_stage_query"] == default_first_stage_query(["title", "text"])
     by_k = {r["k"]: r for r in data["results"]}
@@ -133,7 +167,12 @@ def test_first_stage_is_what_opensearch_answers(in_process, beir):
         qrels.setdefault(qid, {})[did] = int(rel)
     template = default_first_stage_query(["title", "text"])
     run = {
-        q["_id"]: [h["_id"] for h in beir["client"].search(index=INDEX, body=first_stage_body(template, q["text"], size=20))["hits"]["hits"]]
+        q["_id"]: [
+            h["_id"]
+            for h in beir["client"].search(index=INDEX, body=first_stage_body(template, q["text"], size=20))["hits"][
+                "hits"
+            ]
+        ]
         for q in queries
     }
     expected, _ = rank_metrics(qrels, run, recall_at=20)
@@ -145,7 +184,9 @@ def test_black_box_agrees_with_in_process(in_process, beir, config, opensearch_u
     _, in_out = in_process
     out = beir["dir"] / "out-black-box"
     with serve_app(create_app(load_settings(config))) as served:
-        result = _cli(_args(beir, "--proxy", served.url, "--upstream", opensearch_url, "--k", "10,20", "--out", str(out)))
+        result = _cli(
+            _args(beir, "--proxy", served.url, "--upstream", opensearch_url, "--k", "10,20", "--out", str(out))
+        )
     assert result.exit_code == 0, result.output
     assert f"(black-box: {served.url})" in result.output.splitlines()[0]
     black = json.loads((out / "results.json").read_text())
@@ -190,7 +231,9 @@ def test_empty_queries_file(beir, config):
 
 
 def test_k_larger_than_max_window(beir, config):
-    message = _one_error(_cli(_args(beir, "--config", str(config), "--k", f"10,{MAX_WINDOW + 1}", "--out", str(beir["dir"] / "o3"))))
+    message = _one_error(
+        _cli(_args(beir, "--config", str(config), "--k", f"10,{MAX_WINDOW + 1}", "--out", str(beir["dir"] / "o3")))
+    )
     assert message == (
         f"error: K = {MAX_WINDOW + 1} is larger than the index's max_window ({MAX_WINDOW}); "
         "lower K or raise max_window for [rr-eval*]"
@@ -200,7 +243,19 @@ def test_k_larger_than_max_window(beir, config):
 
 def test_k_larger_than_max_window_black_box(beir, config, opensearch_url, serve_app):
     with serve_app(create_app(load_settings(config))) as served:
-        result = _cli(_args(beir, "--proxy", served.url, "--upstream", opensearch_url, "--k", f"10,{MAX_WINDOW + 1}", "--out", str(beir["dir"] / "o4")))
+        result = _cli(
+            _args(
+                beir,
+                "--proxy",
+                served.url,
+                "--upstream",
+                opensearch_url,
+                "--k",
+                f"10,{MAX_WINDOW + 1}",
+                "--out",
+                str(beir["dir"] / "o4"),
+            )
+        )
     message = _one_error(result)
     assert f"(K = {MAX_WINDOW + 1}) answered 400" in message
     assert f"[ext.rerank.window_size] {MAX_WINDOW + 1} is larger than the maximum of {MAX_WINDOW}" in message
@@ -236,7 +291,11 @@ class _EveryOtherFallsBack:
 
         async def send_marked(message):
             if fall_back and message["type"] == "http.response.start":
-                marks = {b"x-rerank": b"fallback", b"x-rerank-reason": b"rerank_timeout", b"x-rerank-inference-ms": b"99999.0"}
+                marks = {
+                    b"x-rerank": b"fallback",
+                    b"x-rerank-reason": b"rerank_timeout",
+                    b"x-rerank-inference-ms": b"99999.0",
+                }
                 headers = [(k, marks.get(k.lower(), v)) for k, v in message["headers"]]
                 message = {**message, "headers": headers}
             await send(message)
@@ -273,4 +332,7 @@ def test_fallbacks_reported_apart_from_latency(beir, config):
     assert data_out["outcomes"]["fallback/rerank_timeout"] == N_QUERIES // 2
     assert {q["outcome"] for q in data_out["per_query"].values()} == {"reranked/reranked", "fallback/rerank_timeout"}
     table = format_table(result)
-    assert f"K = 10: {N_QUERIES // 2} of {N_QUERIES} answer(s) not reranked (fallback/rerank_timeout {N_QUERIES // 2})" in table
+    assert (
+        f"K = 10: {N_QUERIES // 2} of {N_QUERIES} answer(s) not reranked (fallback/rerank_timeout {N_QUERIES // 2})"
+        in table
+    )

@@ -13,10 +13,10 @@ import socket
 import threading
 
 import pytest
-
-from es_rerank import create_app, settings_from_dict
 from faulty_upstream import FaultyUpstream
 from rawhttp import connect, exchange, is_shaped_error, read_answer, request
+
+from es_rerank import create_app, settings_from_dict
 
 SEARCH = json.dumps({"query": {"match": {"title": "a title"}}}).encode()
 JSON = {"Content-Type": "application/json"}
@@ -44,7 +44,11 @@ def faulty():
 def proxy(faulty, tiny_model_dir, serve_app):
     app = create_app(
         _settings(
-            faulty.url, tiny_model_dir, max_content_length=1_000_000, header_timeout=0.5, idle_timeout=1.0,
+            faulty.url,
+            tiny_model_dir,
+            max_content_length=1_000_000,
+            header_timeout=0.5,
+            idle_timeout=1.0,
             max_connections=40,
         )
     )
@@ -88,7 +92,10 @@ def test_a_refusing_upstream_is_a_502_that_names_its_address(tiny_model_dir, ser
     caplog.set_level("INFO", logger="es_rerank.upstream")
     with serve_app(app) as served:
         for target in ("/ft-x/_search", "/_cat/health"):
-            answer = exchange(served.port, request("POST" if "search" in target else "GET", target, SEARCH if "search" in target else b"", JSON))
+            answer = exchange(
+                served.port,
+                request("POST" if "search" in target else "GET", target, SEARCH if "search" in target else b"", JSON),
+            )
             assert answer.status == 502 and is_shaped_error(answer)
             assert f"127.0.0.1:{port}" in answer.json()["error"]["reason"]
         health = exchange(served.port, request("GET", "/_rerank/health"))
@@ -138,6 +145,7 @@ def test_a_100_mb_body_with_the_default_limits_costs_other_clients_nothing(fault
         assert _served_by(served.port)
         worker.join(120)
         assert outcome["big"].status == 413 and is_shaped_error(outcome["big"])
+
 
 # -- nobody reaches past the upstream --------------------------------------------
 
@@ -201,7 +209,9 @@ def test_an_upstream_connection_that_answered_a_400_is_not_reused(proxy, faulty)
 
 def test_expect_100_continue_is_not_forwarded(proxy, faulty):
     with connect(proxy.port) as sock:
-        head = request("POST", "/ft-ok/_search", b"", {**JSON, "Content-Length": str(len(SEARCH)), "Expect": "100-continue"})
+        head = request(
+            "POST", "/ft-ok/_search", b"", {**JSON, "Content-Length": str(len(SEARCH)), "Expect": "100-continue"}
+        )
         sock.sendall(head)
         interim = sock.recv(64)  # the proxy itself invites the body
         assert interim.startswith(b"HTTP/1.1 100")

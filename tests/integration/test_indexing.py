@@ -6,8 +6,8 @@ import gzip
 import itertools
 import json
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from opensearchpy import OpenSearch
@@ -88,9 +88,7 @@ def test_iter_corpus_on_the_demo_corpus() -> None:
     ],
 )
 @pytest.mark.parametrize("name", ["corpus.jsonl", "corpus.jsonl.gz"])
-def test_iter_corpus_bad_line_names_file_and_line(
-    tmp_path: Path, name: str, line: str, message: str
-) -> None:
+def test_iter_corpus_bad_line_names_file_and_line(tmp_path: Path, name: str, line: str, message: str) -> None:
     good = json.dumps({"_id": "1", "title": "t", "text": "x"})
     path = _write(tmp_path / name, [good, "", line, good])
     it = iter_corpus(path)
@@ -152,15 +150,11 @@ def _count(client: OpenSearch, index: str) -> int:
 
 
 @pytest.mark.integration
-def test_index_corpus_loads_docs_with_the_mapping(
-    client: OpenSearch, index_name: str, tmp_path: Path
-) -> None:
+def test_index_corpus_loads_docs_with_the_mapping(client: OpenSearch, index_name: str, tmp_path: Path) -> None:
     docs = _scifact_docs(200)
     corpus = _write_docs(tmp_path / "corpus.jsonl.gz", docs)
 
-    n = index_corpus(
-        client, index_name, corpus, mapping=load_mapping(SCIFACT_MAPPING), progress=False
-    )
+    n = index_corpus(client, index_name, corpus, mapping=load_mapping(SCIFACT_MAPPING), progress=False)
 
     assert n == 200
     assert _count(client, index_name) == 200  # refreshed on return
@@ -176,9 +170,9 @@ def test_index_corpus_loads_docs_with_the_mapping(
     first = docs[0]
     got = client.get(index=index_name, id=first["_id"])
     assert got["_source"] == {"title": first["title"], "text": first["text"]}
-    hits = client.search(
-        index=index_name, body={"query": {"match": {"title": first["title"]}}, "size": 1}
-    )["hits"]["hits"]
+    hits = client.search(index=index_name, body={"query": {"match": {"title": first["title"]}}, "size": 1})["hits"][
+        "hits"
+    ]
     assert hits[0]["_id"] == first["_id"]
 
 
@@ -198,9 +192,7 @@ def test_index_corpus_recreate(client: OpenSearch, index_name: str, tmp_path: Pa
 
 
 @pytest.mark.integration
-def test_index_corpus_keeps_an_existing_index_mapping(
-    client: OpenSearch, index_name: str, tmp_path: Path
-) -> None:
+def test_index_corpus_keeps_an_existing_index_mapping(client: OpenSearch, index_name: str, tmp_path: Path) -> None:
     client.indices.create(
         index=index_name,
         body={
@@ -215,9 +207,7 @@ def test_index_corpus_keeps_an_existing_index_mapping(
 
 
 @pytest.mark.integration
-def test_index_corpus_bad_line_gives_a_clear_error(
-    client: OpenSearch, index_name: str, tmp_path: Path
-) -> None:
+def test_index_corpus_bad_line_gives_a_clear_error(client: OpenSearch, index_name: str, tmp_path: Path) -> None:
     lines = [json.dumps(d) for d in _scifact_docs(20)]
     lines[12] = lines[12][:-1]  # drop the closing brace
     corpus = _write(tmp_path / "corpus.jsonl.gz", lines)
@@ -228,9 +218,7 @@ def test_index_corpus_bad_line_gives_a_clear_error(
 
 
 @pytest.mark.integration
-def test_index_corpus_rejected_docs_raise_with_reasons(
-    client: OpenSearch, index_name: str, tmp_path: Path
-) -> None:
+def test_index_corpus_rejected_docs_raise_with_reasons(client: OpenSearch, index_name: str, tmp_path: Path) -> None:
     mapping = {
         "settings": {"number_of_shards": 1, "number_of_replicas": 0},
         "mappings": {"properties": {"title": {"type": "integer"}, "text": {"type": "text"}}},

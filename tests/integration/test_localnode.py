@@ -10,8 +10,8 @@ from __future__ import annotations
 import shutil
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -239,8 +239,13 @@ def test_java_ranges() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"version": "../x"}, {"heap": "lots"}, {"port": 0}, {"port": 9200, "transport_port": 9200},
-     {"distribution": "solr"}],
+    [
+        {"version": "../x"},
+        {"heap": "lots"},
+        {"port": 0},
+        {"port": 9200, "transport_port": 9200},
+        {"distribution": "solr"},
+    ],
 )
 def test_bad_arguments(kwargs: dict, tmp_path: Path) -> None:
     with pytest.raises(LocalNodeError):

@@ -55,7 +55,11 @@ def setup(opensearch_url, tiny_model_dir, tmp_path_factory):
     if client.indices.exists(index=INDEX):
         client.indices.delete(index=INDEX)
     client.indices.create(index=INDEX, body=json.loads((ROOT / "mappings" / "scifact.json").read_text()))
-    bulk(client, ({"_index": INDEX, "_id": d["_id"], "title": d["title"], "text": d["text"]} for d in docs.values()), refresh=True)
+    bulk(
+        client,
+        ({"_index": INDEX, "_id": d["_id"], "title": d["title"], "text": d["text"]} for d in docs.values()),
+        refresh=True,
+    )
 
     other = build_tiny_model(out / "tiny-b", tokenizer_json=ROOT / "demo" / "model" / "tokenizer.json", seed=7)
     config = out / "es-rerank.yaml"
@@ -64,14 +68,36 @@ def setup(opensearch_url, tiny_model_dir, tmp_path_factory):
         f"models: {{tiny: {{path: '{tiny_model_dir}'}}, tiny_b: {{path: '{other}'}}}}\n"
         f"indices: [{{pattern: 'rr-plan*', model: tiny, window: 10, max_window: 10}}]\n"
     )
-    yield {"dir": out, "config": config, "queries": out / "queries.jsonl", "qrels": out / "qrels.tsv",
-           "tiny": tiny_model_dir, "tiny_b": other, "url": opensearch_url}
+    yield {
+        "dir": out,
+        "config": config,
+        "queries": out / "queries.jsonl",
+        "qrels": out / "qrels.tsv",
+        "tiny": tiny_model_dir,
+        "tiny_b": other,
+        "url": opensearch_url,
+    }
     client.indices.delete(index=INDEX, ignore_unavailable=True)
 
 
 def _args(setup, *extra: str) -> list[str]:
-    return ["plan", "--config", str(setup["config"]), "--index", INDEX, "--queries", str(setup["queries"]),
-            "--qrels", str(setup["qrels"]), "--k", "5,20", "--max-tokens", "32,64", "--no-progress", *extra]
+    return [
+        "plan",
+        "--config",
+        str(setup["config"]),
+        "--index",
+        INDEX,
+        "--queries",
+        str(setup["queries"]),
+        "--qrels",
+        str(setup["qrels"]),
+        "--k",
+        "5,20",
+        "--max-tokens",
+        "32,64",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_plan_prints_grid_frontier_and_config(setup):
@@ -89,13 +115,19 @@ def test_plan_prints_grid_frontier_and_config(setup):
     assert sum("best" in r for r in rows) == 1 and any("*" in r for r in rows)
     assert all(r[8] == "0" for r in rows)  # every answer reranked
     # No score cache: K = 20 runs all its pairs, though K = 5 scored the first 5 of each query before.
-    pairs = {(c["model"], c["max_tokens"], c["k"]): c["pairs"] for c in json.loads((out / "plan.json").read_text())["cells"]}
+    pairs = {
+        (c["model"], c["max_tokens"], c["k"]): c["pairs"] for c in json.loads((out / "plan.json").read_text())["cells"]
+    }
     assert all(pairs[(m, t, 20)] == 20 * N_QUERIES and pairs[(m, t, 5)] == 5 * N_QUERIES for m, t, _ in pairs)
 
     data = json.loads((out / "plan.json").read_text())
     assert len(data["cells"]) == 8 and data["best"] is not None and data["frontier"]
     best = data["best"]
-    best_cell = next(c for c in data["cells"] if (c["model"], c["max_tokens"], c["k"]) == (best["model"], best["max_tokens"], best["k"]))
+    best_cell = next(
+        c
+        for c in data["cells"]
+        if (c["model"], c["max_tokens"], c["k"]) == (best["model"], best["max_tokens"], best["k"])
+    )
     assert best_cell["ndcg10"] == max(c["ndcg10"] for c in data["cells"])  # the budget excludes nothing
     assert (out / "plan.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -103,7 +135,11 @@ def test_plan_prints_grid_frontier_and_config(setup):
     block = (out / "config.yaml").read_text()
     assert block.strip() in result.output
     entry = yaml.safe_load(block)["indices"][0]
-    assert entry["pattern"] == "rr-plan*" and (entry["model"], entry["max_tokens"], entry["window"]) == (best["model"], best["max_tokens"], best["k"])
+    assert entry["pattern"] == "rr-plan*" and (entry["model"], entry["max_tokens"], entry["window"]) == (
+        best["model"],
+        best["max_tokens"],
+        best["k"],
+    )
     config = yaml.safe_load(setup["config"].read_text())
     config["indices"] = [{**entry, "max_window": 500}]
     settings_from_dict(config, env={})
@@ -111,7 +147,9 @@ def test_plan_prints_grid_frontier_and_config(setup):
 
 def test_plan_when_nothing_fits(setup):
     out = setup["dir"] / "out-none"
-    result = CliRunner().invoke(main, _args(setup, "--p95-ms", "0.001", "--model", "tiny", "--k", "5", "--out", str(out)))
+    result = CliRunner().invoke(
+        main, _args(setup, "--p95-ms", "0.001", "--model", "tiny", "--k", "5", "--out", str(out))
+    )
     assert result.exit_code == 3, result.output
     assert "no configuration meets p95 <= 0.001 ms; the fastest: model tiny, K = 5" in result.output
     assert not (out / "config.yaml").exists() and (out / "plan.json").is_file()
@@ -122,8 +160,17 @@ def test_plan_api_skips_max_tokens_past_the_model(setup):
 
     data = load_beir(setup["queries"], setup["qrels"])
     echoed: list[str] = []
-    result = plan(data, settings=load_settings(setup["config"]), index=INDEX, budget_p95_ms=60000, ks=[5],
-                  max_tokens=[64, 100000], models=["tiny"], concurrency=2, echo=echoed.append)
+    result = plan(
+        data,
+        settings=load_settings(setup["config"]),
+        index=INDEX,
+        budget_p95_ms=60000,
+        ks=[5],
+        max_tokens=[64, 100000],
+        models=["tiny"],
+        concurrency=2,
+        echo=echoed.append,
+    )
     assert [(c.model, c.max_tokens, c.k) for c in result.cells] == [("tiny", 64, 5)]
     assert result.concurrency == 2 and result.cells[0].reranked == N_QUERIES
     assert echoed == ["skipped: model tiny: max_tokens 100000 is above its max_length 256"]

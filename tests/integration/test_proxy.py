@@ -65,7 +65,11 @@ def direct(opensearch_url):
     )
     from opensearchpy.helpers import bulk
 
-    bulk(client, ({"_index": INDEX, **{k: v for k, v in d.items() if k != "_id"}, "_id": d["_id"]} for d in _docs()), refresh=True)
+    bulk(
+        client,
+        ({"_index": INDEX, **{k: v for k, v in d.items() if k != "_id"}, "_id": d["_id"]} for d in _docs()),
+        refresh=True,
+    )
     yield client
     client.indices.delete(index=INDEX, ignore_unavailable=True)
 
@@ -76,7 +80,9 @@ def settings(opensearch_url, tiny_model_dir):
         {
             "upstream": {"url": opensearch_url, "timeout": 20},
             "models": {"tiny": {"path": str(tiny_model_dir), "max_length": 256}},
-            "indices": [{"pattern": "rr-*", "model": "tiny", "fields": ["title", "text"], "window": WINDOW, "max_window": 100}],
+            "indices": [
+                {"pattern": "rr-*", "model": "tiny", "fields": ["title", "text"], "window": WINDOW, "max_window": 100}
+            ],
         },
         env={},
     )
@@ -145,7 +151,13 @@ def test_passthrough_root_and_head(http):
 
 @pytest.mark.parametrize(
     "path",
-    [f"/{INDEX}/_mapping", f"/{INDEX}/_count", "/_cat/indices?format=json&index=" + INDEX, "/_cat/indices/" + INDEX + "?h=index,health", "/no-such-index/_mapping"],
+    [
+        f"/{INDEX}/_mapping",
+        f"/{INDEX}/_count",
+        "/_cat/indices?format=json&index=" + INDEX,
+        "/_cat/indices/" + INDEX + "?h=index,health",
+        "/no-such-index/_mapping",
+    ],
 )
 def test_passthrough_reads_equal_direct(http, path):
     via, raw = http
@@ -241,7 +253,14 @@ def test_rerank_keeps_total_aggregations_and_highlight(http):
 
 @pytest.mark.parametrize(
     "source",
-    [False, ["title"], {"includes": ["tit*"]}, {"excludes": ["text"]}, {"includes": ["category", "year"], "excludes": ["year"]}, None],
+    [
+        False,
+        ["title"],
+        {"includes": ["tit*"]},
+        {"excludes": ["text"]},
+        {"includes": ["category", "year"], "excludes": ["year"]},
+        None,
+    ],
 )
 def test_rerank_source_filtering_is_what_the_client_asked(http, source):
     via, raw = http
@@ -251,7 +270,10 @@ def test_rerank_source_filtering_is_what_the_client_asked(http, source):
     a = via.post(f"/{INDEX}/_search", json=body)
     assert a.headers["x-rerank"] == "reranked"
     ids = [h["_id"] for h in a.json()["hits"]["hits"]]
-    direct = raw.post(f"/{INDEX}/_search", json={"query": {"ids": {"values": ids}}, "size": 5, **({"_source": source} if source is not None else {})}).json()
+    direct = raw.post(
+        f"/{INDEX}/_search",
+        json={"query": {"ids": {"values": ids}}, "size": 5, **({"_source": source} if source is not None else {})},
+    ).json()
     by_id = {h["_id"]: h for h in direct["hits"]["hits"]}
     for hit in a.json()["hits"]["hits"]:
         expected = by_id[hit["_id"]]
@@ -272,7 +294,12 @@ def test_rerank_client_fields_are_kept(http):
 def test_pagination_pages_are_disjoint_and_make_the_top30(proxy, direct, tiny_model_dir):
     client = OpenSearch(proxy.url, timeout=60)
     pages = [
-        [h["_id"] for h in client.search(index=INDEX, body={"query": {"match": {"text": QUERY}}, "from": f, "size": 10})["hits"]["hits"]]
+        [
+            h["_id"]
+            for h in client.search(index=INDEX, body={"query": {"match": {"text": QUERY}}, "from": f, "size": 10})[
+                "hits"
+            ]["hits"]
+        ]
         for f in (0, 10, 20)
     ]
     flat = [i for p in pages for i in p]
@@ -293,7 +320,10 @@ def test_window_size_from_ext_and_its_bound(http):
     body = {"query": {"match": {"text": QUERY}}, "size": 5, "ext": {"rerank": {"window_size": 10}}}
     a = via.post(f"/{INDEX}/_search", json=body)
     assert a.status_code == 200 and a.headers["x-rerank-window"] == "10"
-    top10 = {h["_id"] for h in raw.post(f"/{INDEX}/_search", json={"query": body["query"], "size": 10}).json()["hits"]["hits"]}
+    top10 = {
+        h["_id"]
+        for h in raw.post(f"/{INDEX}/_search", json={"query": body["query"], "size": 10}).json()["hits"]["hits"]
+    }
     assert {h["_id"] for h in a.json()["hits"]["hits"]} <= top10
     too_big = via.post(f"/{INDEX}/_search", json={**body, "ext": {"rerank": {"window_size": 1000}}})
     assert too_big.status_code == 400
@@ -309,9 +339,17 @@ def test_window_size_from_ext_and_its_bound(http):
     "name,path,body",
     [
         ("sort", f"/{INDEX}/_search", {"query": {"match": {"text": QUERY}}, "sort": [{"year": "asc"}], "size": 10}),
-        ("size0", f"/{INDEX}/_search", {"query": {"match": {"text": QUERY}}, "size": 0, "aggs": {"c": {"terms": {"field": "category"}}}}),
+        (
+            "size0",
+            f"/{INDEX}/_search",
+            {"query": {"match": {"text": QUERY}}, "size": 0, "aggs": {"c": {"terms": {"field": "category"}}}},
+        ),
         ("no_text", f"/{INDEX}/_search", {"query": {"term": {"category": "physics"}}, "size": 10}),
-        ("disabled", f"/{INDEX}/_search", {"query": {"match": {"text": QUERY}}, "size": 10, "ext": {"rerank": {"enabled": False}}}),
+        (
+            "disabled",
+            f"/{INDEX}/_search",
+            {"query": {"match": {"text": QUERY}}, "size": 10, "ext": {"rerank": {"enabled": False}}},
+        ),
     ],
 )
 def test_skip_cases_equal_direct(http, name, path, body):
@@ -429,7 +467,10 @@ def test_upstream_errors(tiny_model_dir, serve_app):
                 env={},
             )
             with serve_app(create_app(settings)) as served, httpx.Client(base_url=served.url, timeout=10) as c:
-                for method, path, body in [("GET", "/", None), ("POST", f"/{INDEX}/_search", {"query": {"match": {"text": "x"}}})]:
+                for method, path, body in [
+                    ("GET", "/", None),
+                    ("POST", f"/{INDEX}/_search", {"query": {"match": {"text": "x"}}}),
+                ]:
                     r = c.request(method, path, json=body)
                     # The proxy's own timeout answered (504), not the client's (10 s) running out.
                     assert r.status_code in statuses, (url, path, r.status_code)
@@ -463,14 +504,22 @@ def test_msearch_items_reranked_skipped_and_refused(http):
     sort = {"query": {"match": {"text": QUERY}}, "size": 5, "sort": [{"year": "desc"}]}
     bad = {"query": {"match": {"text": QUERY}}, "ext": {"rerank": {"window_size": 0}}}
     headers = {"content-type": "application/x-ndjson"}
-    r = via.post("/_msearch", content=_ndjson({"index": INDEX}, search, {"index": INDEX}, sort, {"index": INDEX}, bad, {"index": "no-such-index"}, search), headers=headers)
+    r = via.post(
+        "/_msearch",
+        content=_ndjson(
+            {"index": INDEX}, search, {"index": INDEX}, sort, {"index": INDEX}, bad, {"index": "no-such-index"}, search
+        ),
+        headers=headers,
+    )
     assert r.status_code == 200 and r.headers["x-rerank-items"] == "1/4"
     items = r.json()["responses"]
     assert len(items) == 4
     single = via.post(f"/{INDEX}/_search", json=search).json()
     assert [h["_id"] for h in items[0]["hits"]["hits"]] == [h["_id"] for h in single["hits"]["hits"]]
     assert items[0]["hits"]["total"] == single["hits"]["total"] and items[0]["status"] == 200
-    direct = raw.post("/_msearch", content=_ndjson({"index": INDEX}, sort, {"index": "no-such-index"}, search), headers=headers).json()["responses"]
+    direct = raw.post(
+        "/_msearch", content=_ndjson({"index": INDEX}, sort, {"index": "no-such-index"}, search), headers=headers
+    ).json()["responses"]
     assert items[1]["hits"] == direct[0]["hits"]
     assert items[2]["status"] == 400 and items[2]["error"]["type"] == "rerank_illegal_argument_exception"
     assert items[3]["status"] == 404 and items[3]["error"]["type"] == direct[1]["error"]["type"]
@@ -486,9 +535,15 @@ def test_msearch_on_index_path_and_unconfigured_passthrough(http):
     # No configured index in it: OpenSearch's bytes as they are.
     body = _ndjson({"index": "no-such-index"}, search)
     a, b = via.post("/_msearch", content=body, headers=headers), raw.post("/_msearch", content=body, headers=headers)
-    assert a.status_code == b.status_code and a.json()["responses"][0]["error"]["type"] == b.json()["responses"][0]["error"]["type"]
+    assert (
+        a.status_code == b.status_code
+        and a.json()["responses"][0]["error"]["type"] == b.json()["responses"][0]["error"]["type"]
+    )
     # Malformed NDJSON: OpenSearch's own error.
-    a, b = via.post("/_msearch", content=b'{"index": "x"}\n{"query": ', headers=headers), raw.post("/_msearch", content=b'{"index": "x"}\n{"query": ', headers=headers)
+    a, b = (
+        via.post("/_msearch", content=b'{"index": "x"}\n{"query": ', headers=headers),
+        raw.post("/_msearch", content=b'{"index": "x"}\n{"query": ', headers=headers),
+    )
     assert a.status_code == b.status_code and a.json()["error"]["type"] == b.json()["error"]["type"]
 
 
@@ -511,7 +566,13 @@ def test_chunking_reports_model_passes_within_cap(direct, opensearch_url, tiny_m
         {
             "upstream": {"url": opensearch_url},
             "models": {"tiny": {"path": str(tiny_model_dir), "max_length": 64}},
-            "indices": [{"pattern": "rr-*", "window": 10, "chunking": {"mode": "chunk", "stride": 8, "max_chunks": 3, "aggregate": "max"}}],
+            "indices": [
+                {
+                    "pattern": "rr-*",
+                    "window": 10,
+                    "chunking": {"mode": "chunk", "stride": 8, "max_chunks": 3, "aggregate": "max"},
+                }
+            ],
         },
         env={},
     )
@@ -590,7 +651,9 @@ OVERLOAD_QUERIES = ["vitamin D deficiency", "cancer cells", "protein folding", "
 
 
 @pytest.mark.parametrize("shed", [True, False])
-def test_searches_the_model_cannot_serve_in_time_get_first_stage_order(direct, settings, serve_app, tiny_model_dir, shed):
+def test_searches_the_model_cannot_serve_in_time_get_first_stage_order(
+    direct, settings, serve_app, tiny_model_dir, shed
+):
     """8 concurrent searches of 30 hits, about 0.4 s of model time each (50 us a token),
     against a 1 s budget: the first are reranked. With shed_overload the others are
     answered at once in first-stage order (x-rerank-reason overloaded); without it, after
@@ -605,7 +668,10 @@ def test_searches_the_model_cannot_serve_in_time_get_first_stage_order(direct, s
     )
     with serve_app(app) as served:
         with httpx.Client(base_url=served.url, timeout=30) as c:  # one search alone: the model's rate is known after it
-            assert c.post(f"/{INDEX}/_search", json={"query": {"match": {"text": "warm up"}}}).headers["x-rerank"] == "reranked"
+            assert (
+                c.post(f"/{INDEX}/_search", json={"query": {"match": {"text": "warm up"}}}).headers["x-rerank"]
+                == "reranked"
+            )
         results = _concurrent_searches(served.url, OVERLOAD_QUERIES)
     reasons = []
     for query, (r, seconds) in zip(OVERLOAD_QUERIES, results):
@@ -628,7 +694,9 @@ def test_searches_the_model_cannot_serve_in_time_get_first_stage_order(direct, s
         assert "rerank_timeout" in reasons and "overloaded" not in reasons, reasons
 
 
-def test_a_search_behind_a_queue_longer_than_the_budget_is_opensearchs_own_answer(direct, settings, serve_app, tiny_model_dir):
+def test_a_search_behind_a_queue_longer_than_the_budget_is_opensearchs_own_answer(
+    direct, settings, serve_app, tiny_model_dir
+):
     """When the model's queue alone would outlast the budget, the search is not even sent
     for its window: it is passed through, and the answer is OpenSearch's."""
     engine, _ = _slow_engine(tiny_model_dir, 50e-6)
@@ -643,7 +711,11 @@ def test_a_search_behind_a_queue_longer_than_the_budget_is_opensearchs_own_answe
             time.sleep(0.01)
         r = c.post(f"/{INDEX}/_search", json=body)
         health = c.get("/_rerank/health").json()["models"]["tiny"]
-        gauge = [line for line in c.get("/_rerank/metrics").text.splitlines() if line.startswith("es_rerank_model_queue_seconds{")]
+        gauge = [
+            line
+            for line in c.get("/_rerank/metrics").text.splitlines()
+            if line.startswith("es_rerank_model_queue_seconds{")
+        ]
         busy.join()
     # Reranking was asked for and first-stage order answered: a fallback, as on _msearch.
     assert (r.headers["x-rerank"], r.headers["x-rerank-reason"]) == ("fallback", "overloaded")
@@ -664,7 +736,8 @@ def test_a_search_the_client_gave_up_on_stops_costing_model_time(direct, setting
         with socket.create_connection(("127.0.0.1", served.port), timeout=30) as client:
             client.sendall(
                 f"POST /{INDEX}/_search HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
-                f"content-length: {len(content)}\r\n\r\n".encode() + content
+                f"content-length: {len(content)}\r\n\r\n".encode()
+                + content
             )
             assert session.started.wait(30)  # its first run is under way (held at the gate)...
         # ...when the client gives up and closes the connection. Once the proxy has seen it

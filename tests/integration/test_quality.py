@@ -33,7 +33,14 @@ def scifact(opensearch_url):
         pytest.skip(f"needs the shared model and SciFact corpus under {SHARED}")
     client = OpenSearch(opensearch_url, timeout=120)
     if not client.indices.exists(index=INDEX) or client.count(index=INDEX)["count"] != 5183:
-        index_corpus(client, INDEX, SCIFACT / "corpus.jsonl", mapping=load_mapping(ROOT / "mappings" / "scifact.json"), recreate=True, progress=False)
+        index_corpus(
+            client,
+            INDEX,
+            SCIFACT / "corpus.jsonl",
+            mapping=load_mapping(ROOT / "mappings" / "scifact.json"),
+            recreate=True,
+            progress=False,
+        )
     return client
 
 
@@ -57,7 +64,9 @@ def test_model_lifts_relevant_documents_into_top10(scifact, opensearch_url, serv
     for qid, text in queries.items():
         if qid not in qrels:
             continue
-        hits = scifact.search(index=INDEX, body={"query": _first_stage(text), "size": WINDOW, "_source": False})["hits"]["hits"]
+        hits = scifact.search(index=INDEX, body={"query": _first_stage(text), "size": WINDOW, "_source": False})[
+            "hits"
+        ]["hits"]
         ids = [h["_id"] for h in hits]
         ranks = [ids.index(d) + 1 for d in qrels[qid] if d in ids]
         if ranks and min(ranks) > 10:
@@ -83,7 +92,9 @@ def test_model_lifts_relevant_documents_into_top10(scifact, opensearch_url, serv
             if ranks:
                 lifted.append((qid, text, bm25_rank, min(ranks)))
     with capsys.disabled():
-        print(f"\n{len(lifted)} of {len(candidates)} dev queries with the relevant document at BM25 rank 11-{WINDOW} moved into the top 10:")
+        print(
+            f"\n{len(lifted)} of {len(candidates)} dev queries with the relevant document at BM25 rank 11-{WINDOW} moved into the top 10:"
+        )
         for qid, text, before, after in lifted:
             print(f"  q{qid}: BM25 rank {before:2d} -> reranked {after:2d}  {text[:80]}")
     assert len(lifted) >= max(3, len(candidates) // 3)

@@ -17,10 +17,10 @@ import threading
 import httpx
 import pytest
 from opensearchpy import OpenSearch
+from rawhttp import request
 
 from es_rerank import create_app, settings_from_dict
 from es_rerank.app import load_rerankers
-from rawhttp import request
 
 pytestmark = pytest.mark.integration
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from pydantic import ValidationError
 
 from es_rerank.cli import main
 from es_rerank.config import (
@@ -52,17 +53,23 @@ def test_defaults():
 
 
 def test_model_and_index_defaults():
-    s = settings_from_dict(
-        {"models": {"ce": {"path": "/m"}}, "indices": [{"pattern": "docs"}]}, env=NO_ENV
-    )
+    s = settings_from_dict({"models": {"ce": {"path": "/m"}}, "indices": [{"pattern": "docs"}]}, env=NO_ENV)
     m = s.models["ce"]
     assert m.path == Path("/m")
     assert (m.onnx_file, m.tokenizer_file, m.providers, m.max_length, m.head) == (
-        "model.onnx", "tokenizer.json", ["auto"], 256, "auto"
+        "model.onnx",
+        "tokenizer.json",
+        ["auto"],
+        256,
+        "auto",
     )
     spec = s.indices[0]
     assert (spec.rerank, spec.fields, spec.window, spec.max_window, spec.template) == (
-        True, ["title", "text"], 100, 500, None
+        True,
+        ["title", "text"],
+        100,
+        500,
+        None,
     )
     assert spec.expose_first_stage is True
     assert s.model_for(spec) == "ce"
@@ -70,7 +77,7 @@ def test_model_and_index_defaults():
 
 def test_settings_are_frozen():
     s = settings_from_dict({}, env=NO_ENV)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         s.upstream.url = "http://elsewhere:9200"  # type: ignore[misc]
 
 
@@ -87,13 +94,16 @@ def test_top_level_must_be_a_mapping(tmp_path):
 
 
 def test_env_overrides_the_file(tmp_path):
-    path = write(tmp_path / "c.yaml", """
+    path = write(
+        tmp_path / "c.yaml",
+        """
         upstream:
           url: http://from-file:9200
           username: file-user
           password: file-pass
           timeout: 5
-    """)
+    """,
+    )
     env = {
         "ES_RERANK_UPSTREAM_URL": "https://from-env:9243",
         "ES_RERANK_UPSTREAM_USERNAME": "env-user",
@@ -138,12 +148,15 @@ def test_process_env_used_when_env_not_given(monkeypatch):
 
 def test_relative_model_paths_resolve_against_the_file(tmp_path, monkeypatch):
     conf = tmp_path / "conf"
-    path = write(conf / "es-rerank.yaml", f"""
+    path = write(
+        conf / "es-rerank.yaml",
+        f"""
         models:
           rel: {{path: models/ce}}
           up: {{path: ../shared/ce}}
           abs: {{path: {tmp_path / "abs"}}}
-    """)
+    """,
+    )
     monkeypatch.chdir(tmp_path)  # not the file's folder
     models = load_settings(path, env=NO_ENV).models
     assert models["rel"].path == (conf / "models" / "ce").resolve()
@@ -236,7 +249,10 @@ def test_unknown_model_alone(tmp_path):
         ({"upstream": {"connect_timeout": 0}}, "upstream.connect_timeout"),
         ({"server": {"port": 70000}}, "server.port"),
         ({"models": {"m": {"path": "/m", "head": "three"}}}, "models.m.head"),
-        ({"models": {"m": {}}}, "models.m: a model needs exactly one of path (in-process ONNX) and remote (reranking servers)"),
+        (
+            {"models": {"m": {}}},
+            "models.m: a model needs exactly one of path (in-process ONNX) and remote (reranking servers)",
+        ),
         ({"indices": [{"pattern": "d", "fields": []}]}, "indices.0.fields"),
         ({"indices": [{"pattern": "d", "colour": 1}]}, "indices.0.colour: Extra inputs"),
     ],
@@ -336,7 +352,9 @@ def runner() -> CliRunner:
 
 def good_config(tmp_path: Path, *, onnx: bool = True) -> Path:
     model_dir(tmp_path / "models" / "ce", onnx=onnx)
-    return write(tmp_path / "good.yaml", """
+    return write(
+        tmp_path / "good.yaml",
+        """
         upstream: {url: "http://127.0.0.1:9299"}
         models:
           ce: {path: models/ce}
@@ -344,7 +362,8 @@ def good_config(tmp_path: Path, *, onnx: bool = True) -> Path:
           - pattern: docs
           - pattern: logs-*
             rerank: false
-    """)
+    """,
+    )
 
 
 def test_check_config_ok(runner, tmp_path):
@@ -360,8 +379,13 @@ def test_check_config_lists_every_problem(runner, tmp_path):
     result = runner.invoke(main, ["check-config", str(path)])
     assert result.exit_code != 0
     assert "ok" not in result.output
-    for words in ("error: invalid configuration", "upstream.url: url must start with http://",
-                  "server.rerank_timeout", "colour: Extra inputs", "window (600) is larger than max_window (500)"):
+    for words in (
+        "error: invalid configuration",
+        "upstream.url: url must start with http://",
+        "server.rerank_timeout",
+        "colour: Extra inputs",
+        "window (600) is larger than max_window (500)",
+    ):
         assert words in result.output, result.output
 
 
@@ -422,6 +446,6 @@ def test_serve_passes_the_settings(runner, tmp_path, monkeypatch):
     monkeypatch.setattr(es_rerank.server, "serve", lambda *a, **k: started.append((a, k)))
     result = runner.invoke(main, ["serve", "--config", str(good_config(tmp_path)), "--port", "8123"])
     assert result.exit_code == 0, result.output
-    (args, kwargs), = started
+    ((args, kwargs),) = started
     assert isinstance(args[0], Settings) and args[0].upstream.url == "http://127.0.0.1:9299"
     assert kwargs == {"host": None, "port": 8123, "log_level": "info"}

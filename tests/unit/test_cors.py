@@ -39,7 +39,9 @@ def test_the_proxy_attributes_stay_reachable():
 
 @pytest.mark.parametrize("credentials, expected", [(False, "*"), (True, "http://x")])
 def test_any_origin_and_credentials(credentials, expected):
-    client = TestClient(with_cors(Upstreamish(), CorsSettings(enabled=True, allow_origin="*", allow_credentials=credentials)))
+    client = TestClient(
+        with_cors(Upstreamish(), CorsSettings(enabled=True, allow_origin="*", allow_credentials=credentials))
+    )
     answer = client.get("/i/_search", headers={"Origin": "http://x"})
     assert answer.headers["access-control-allow-origin"] == expected
     assert answer.headers.get("access-control-allow-credentials") == ("true" if credentials else None)

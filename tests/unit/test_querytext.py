@@ -28,16 +28,44 @@ DSL_CASES: list[tuple[str, Any, str | None]] = [
     ("match_phrase_prefix", {"match_phrase_prefix": {"title": {"query": "quick brown f"}}}, "quick brown f"),
     ("match_bool_prefix", {"match_bool_prefix": {"title": "quick brown f"}}, "quick brown f"),
     ("multi_match", {"multi_match": {"query": "vitamin d", "fields": ["title^2", "body"]}}, "vitamin d"),
-    ("combined_fields", {"combined_fields": {"query": "database systems", "fields": ["title", "abstract"]}}, "database systems"),
-    ("query_string", {"query_string": {"query": "title:(vitamin AND deficiency) OR rickets^2"}}, "vitamin deficiency rickets"),
-    ("simple_query_string", {"simple_query_string": {"query": '"fried eggs" +(eggplant | potato) -frittata'}}, "fried eggs eggplant potato"),
-    ("intervals-match", {"intervals": {"body": {"match": {"query": "my favorite food", "ordered": True}}}}, "my favorite food"),
+    (
+        "combined_fields",
+        {"combined_fields": {"query": "database systems", "fields": ["title", "abstract"]}},
+        "database systems",
+    ),
+    (
+        "query_string",
+        {"query_string": {"query": "title:(vitamin AND deficiency) OR rickets^2"}},
+        "vitamin deficiency rickets",
+    ),
+    (
+        "simple_query_string",
+        {"simple_query_string": {"query": '"fried eggs" +(eggplant | potato) -frittata'}},
+        "fried eggs eggplant potato",
+    ),
+    (
+        "intervals-match",
+        {"intervals": {"body": {"match": {"query": "my favorite food", "ordered": True}}}},
+        "my favorite food",
+    ),
     (
         "intervals-all_of",
-        {"intervals": {"body": {"all_of": {"intervals": [
-            {"match": {"query": "hot water"}},
-            {"any_of": {"intervals": [{"match": {"query": "cold porridge"}}, {"prefix": {"prefix": "por"}}]}},
-        ]}}}},
+        {
+            "intervals": {
+                "body": {
+                    "all_of": {
+                        "intervals": [
+                            {"match": {"query": "hot water"}},
+                            {
+                                "any_of": {
+                                    "intervals": [{"match": {"query": "cold porridge"}}, {"prefix": {"prefix": "por"}}]
+                                }
+                            },
+                        ]
+                    }
+                }
+            }
+        },
         "hot water cold porridge",
     ),
     ("neural", {"neural": {"embedding": {"query_text": "wild west", "model_id": "m", "k": 10}}}, "wild west"),
@@ -88,34 +116,70 @@ DSL_CASES: list[tuple[str, Any, str | None]] = [
     ("bool-only-filter", {"bool": {"filter": {"match": {"title": "filtered"}}}}, None),
     (
         "bool-nested-bool",
-        {"bool": {"must": [{"bool": {"should": [{"match": {"a": "x"}}, {"match": {"b": "y"}}]}}, {"match": {"c": "z"}}]}},
+        {
+            "bool": {
+                "must": [{"bool": {"should": [{"match": {"a": "x"}}, {"match": {"b": "y"}}]}}, {"match": {"c": "z"}}]
+            }
+        },
         "x y z",
     ),
     # distinct texts once, in order of appearance
     (
         "distinct",
-        {"bool": {"should": [{"match": {"title": "cancer"}}, {"match": {"body": "cancer"}}, {"match": {"body": "therapy"}}]}},
+        {
+            "bool": {
+                "should": [
+                    {"match": {"title": "cancer"}},
+                    {"match": {"body": "cancer"}},
+                    {"match": {"body": "therapy"}},
+                ]
+            }
+        },
         "cancer therapy",
     ),
     # other compound queries
-    ("dis_max", {"dis_max": {"queries": [{"match": {"title": "brown fox"}}, {"match": {"body": "quick"}}], "tie_breaker": 0.7}}, "brown fox quick"),
+    (
+        "dis_max",
+        {"dis_max": {"queries": [{"match": {"title": "brown fox"}}, {"match": {"body": "quick"}}], "tie_breaker": 0.7}},
+        "brown fox quick",
+    ),
     (
         "function_score-bool",
-        {"function_score": {
-            "query": {"bool": {"must": {"multi_match": {"query": "laptop", "fields": ["name"]}},
-                               "filter": {"match": {"category": "electronics"}}}},
-            "functions": [{"field_value_factor": {"field": "likes"}}],
-        }},
+        {
+            "function_score": {
+                "query": {
+                    "bool": {
+                        "must": {"multi_match": {"query": "laptop", "fields": ["name"]}},
+                        "filter": {"match": {"category": "electronics"}},
+                    }
+                },
+                "functions": [{"field_value_factor": {"field": "likes"}}],
+            }
+        },
         "laptop",
     ),
-    ("script_score", {"script_score": {"query": {"match": {"body": "elastic"}}, "script": {"source": "_score"}}}, "elastic"),
+    (
+        "script_score",
+        {"script_score": {"query": {"match": {"body": "elastic"}}, "script": {"source": "_score"}}},
+        "elastic",
+    ),
     (
         "boosting",
-        {"boosting": {"positive": {"match": {"text": "apple"}}, "negative": {"match": {"text": "pie"}}, "negative_boost": 0.5}},
+        {
+            "boosting": {
+                "positive": {"match": {"text": "apple"}},
+                "negative": {"match": {"text": "pie"}},
+                "negative_boost": 0.5,
+            }
+        },
         "apple",
     ),
     ("nested", {"nested": {"path": "comments", "query": {"match": {"comments.text": "great"}}}}, "great"),
-    ("hybrid", {"hybrid": {"queries": [{"match": {"t": "lexical"}}, {"neural": {"v": {"query_text": "semantic"}}}]}}, "lexical semantic"),
+    (
+        "hybrid",
+        {"hybrid": {"queries": [{"match": {"t": "lexical"}}, {"neural": {"v": {"query_text": "semantic"}}}]}},
+        "lexical semantic",
+    ),
     ("constant_score-skipped", {"constant_score": {"filter": {"match": {"title": "filtered"}}, "boost": 1.2}}, None),
     ("has_child-skipped", {"has_child": {"type": "answer", "query": {"match": {"body": "child text"}}}}, None),
     ("has_parent-skipped", {"has_parent": {"parent_type": "q", "query": {"match": {"body": "parent text"}}}}, None),
@@ -144,12 +208,12 @@ def test_deep_query_does_not_blow_the_stack() -> None:
 SYNTAX_CASES: list[tuple[str, str | None]] = [
     ("plain words", "plain words"),
     ("title:(quick OR brown) AND fox", "quick brown fox"),
-    ("title.english:\"hello world\" body:hi", "hello world hi"),
-    ("+covid-19 -\"bird flu\" vaccine^2", "covid-19 vaccine"),
+    ('title.english:"hello world" body:hi', "hello world hi"),
+    ('+covid-19 -"bird flu" vaccine^2', "covid-19 vaccine"),
     ("foo NOT bar", "foo"),
     ("!dogs cats", "cats"),
     ("foo -(bar baz) qux", "foo qux"),
-    ("quik~2 \"brown fox\"~5 bro* ^", "quik brown fox bro"),
+    ('quik~2 "brown fox"~5 bro* ^', "quik brown fox bro"),
     ("a && b || c", "a b c"),
     ("foo | bar + baz", "foo bar baz"),
     ("status:active AND year:>=2020 date:[2020-01-01 TO 2021-01-01] {a TO b}", "active"),
@@ -182,16 +246,26 @@ PRECEDENCE_CASES: list[tuple[str, dict[str, Any] | None, dict[str, str] | None, 
     # (id, body, params, configured path, expected)
     ("dsl", MATCH_BODY, None, None, "from the dsl"),
     ("ext-text-over-dsl", _with_ext(MATCH_BODY, {"query_context": {"query_text": "from ext"}}), None, None, "from ext"),
-    ("ext-text-stripped", _with_ext(MATCH_BODY, {"query_context": {"query_text": " from ext "}}), None, None, "from ext"),
+    (
+        "ext-text-stripped",
+        _with_ext(MATCH_BODY, {"query_context": {"query_text": " from ext "}}),
+        None,
+        None,
+        "from ext",
+    ),
     (
         "ext-path",
         _with_ext(MATCH_BODY, {"query_context": {"query_text_path": "query.match.title.query"}}),
-        None, None, "from the dsl",
+        None,
+        None,
+        "from the dsl",
     ),
     (
         "ext-over-configured-path-and-q",
         {**_with_ext(MATCH_BODY, {"query_context": {"query_text": "from ext"}}), "title": "configured"},
-        {"q": "from q"}, "title", "from ext",
+        {"q": "from q"},
+        "title",
+        "from ext",
     ),
     ("ext-without-query_context", _with_ext(MATCH_BODY, {"enabled": True}), None, None, "from the dsl"),
     ("configured-path", {**MATCH_BODY, "meta": {"text": "configured"}}, None, "meta.text", "configured"),
@@ -281,9 +355,7 @@ def test_malformed_ext_raises(body: dict[str, Any]) -> None:
     assert caught.value.to_body()["error"]["type"] == "rerank_illegal_argument_exception"
 
 
-@pytest.mark.parametrize(
-    "body", [c[1] for c in BAD_EXT_CASES[:4]], ids=[c[0] for c in BAD_EXT_CASES[:4]]
-)
+@pytest.mark.parametrize("body", [c[1] for c in BAD_EXT_CASES[:4]], ids=[c[0] for c in BAD_EXT_CASES[:4]])
 def test_rerank_ext_rejects_non_objects(body: dict[str, Any]) -> None:
     with pytest.raises(BadRequestError):
         rerank_ext(body)

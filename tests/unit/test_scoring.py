@@ -10,8 +10,8 @@ import pytest
 from es_rerank.config import IndexSettings, ServerSettings, settings_from_dict
 from es_rerank.errors import ConfigError, ModelError, ModelOverloadedError
 from es_rerank.metrics import Metrics
-from es_rerank.scoring import Outcome, Reason, Scorer, Step, degrade_steps
 from es_rerank.plan import plan_search
+from es_rerank.scoring import Outcome, Reason, Scorer, Step, degrade_steps
 
 
 def test_default_steps_shrink_then_first_stage_or_fallback_model_first():
@@ -76,7 +76,13 @@ class FakeModel:
 
 
 SPEC = IndexSettings(pattern="a*", fields=["text"], window=5, fallback_model="small")
-DATA = {"took": 1, "hits": {"total": {"value": 7}, "hits": [{"_id": str(i), "_score": 10.0 - i, "_source": {"text": f"t{i}"}} for i in range(7)]}}
+DATA = {
+    "took": 1,
+    "hits": {
+        "total": {"value": 7},
+        "hits": [{"_id": str(i), "_score": 10.0 - i, "_source": {"text": f"t{i}"}} for i in range(7)],
+    },
+}
 
 
 def _score(big: FakeModel, small: FakeModel, spec: IndexSettings = SPEC, **server):

@@ -31,9 +31,7 @@ QUERY = {"query": {"match": {"text": "heart attack"}}}
 
 
 def plan(body: Any, params=(), *, spec: IndexSettings = SPEC, header_off: bool = False) -> SearchPlan:
-    return plan_search(
-        spec, body, list(params), models=MODELS, default_model="ce", disabled_by_header=header_off
-    )
+    return plan_search(spec, body, list(params), models=MODELS, default_model="ce", disabled_by_header=header_off)
 
 
 def q(**extra: Any) -> dict[str, Any]:
@@ -170,8 +168,12 @@ def test_last_url_param_wins():
 
 
 def test_ext_window_model_and_query_text():
-    body = q(size=5, ext={"rerank": {"window_size": 50, "model": "alt",
-                                      "query_context": {"query_text": "  myocardial infarction "}}})
+    body = q(
+        size=5,
+        ext={
+            "rerank": {"window_size": 50, "model": "alt", "query_context": {"query_text": "  myocardial infarction "}}
+        },
+    )
     p = plan(body)
     assert (p.window, p.model, p.query) == (50, "alt", "myocardial infarction")
     assert p.body["size"] == 50
@@ -290,8 +292,12 @@ def test_window_size_equal_to_max_is_allowed():
 
 
 def test_plan_never_mutates_input():
-    body = q(**{"from": 2, "size": 3}, fields=["category"], _source=["title"],
-             ext={"rerank": {"window_size": 30, "model": "alt"}, "other": {"a": [1]}})
+    body = q(
+        **{"from": 2, "size": 3},
+        fields=["category"],
+        _source=["title"],
+        ext={"rerank": {"window_size": 30, "model": "alt"}, "other": {"a": [1]}},
+    )
     params = [("from", "1"), ("pretty", "")]
     before, params_before = copy.deepcopy(body), list(params)
     p = plan(body, params)
@@ -306,8 +312,16 @@ def test_plan_never_mutates_input():
 
 def mkplan(*, window: int = 30, from_: int = 0, size: int = 30, added: tuple[str, ...] = ()) -> SearchPlan:
     return SearchPlan(
-        rerank=True, reason="reranked", body={}, params=[], query="heart attack", model="ce",
-        window=window, from_=from_, size=size, added_fields=added,
+        rerank=True,
+        reason="reranked",
+        body={},
+        params=[],
+        query="heart attack",
+        model="ce",
+        window=window,
+        from_=from_,
+        size=size,
+        added_fields=added,
     )
 
 
@@ -516,8 +530,12 @@ def test_dotted_paths_arrays_and_numbers():
     source_hit = recorded("match_agg_highlight")["hits"]["hits"][0]
     assert field_values(source_hit, "tags") == ["cardio", "t2"]
     assert hit_text(source_hit, ["tags", "category"]) == "cardio t2 cardio"
-    nested = {"_source": {"authors": [{"name": "A", "aff": {"n": "X"}}, {"name": "B"}, {"name": None}],
-                          "chapters": [{"paras": ["p1", "p2"]}, {"paras": "p3"}]}}
+    nested = {
+        "_source": {
+            "authors": [{"name": "A", "aff": {"n": "X"}}, {"name": "B"}, {"name": None}],
+            "chapters": [{"paras": ["p1", "p2"]}, {"paras": "p3"}],
+        }
+    }
     assert field_values(nested, "authors.name") == ["A", "B"]
     assert field_values(nested, "authors.aff.n") == ["X"]
     assert field_values(nested, "chapters.paras") == ["p1", "p2", "p3"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-import pytest
 
 from es_rerank.config import IndexSettings, ServerSettings
 from es_rerank.metrics import Metrics
@@ -15,7 +14,13 @@ from es_rerank.search import plan_search
 from es_rerank.supersession import Claims, client_key
 
 SPEC = IndexSettings(pattern="a*", fields=["text"], window=3)
-DATA = {"took": 1, "hits": {"total": {"value": 3}, "hits": [{"_id": str(i), "_score": 3.0 - i, "_source": {"text": f"t{i}"}} for i in range(3)]}}
+DATA = {
+    "took": 1,
+    "hits": {
+        "total": {"value": 3},
+        "hits": [{"_id": str(i), "_score": 3.0 - i, "_source": {"text": f"t{i}"}} for i in range(3)],
+    },
+}
 
 
 class GatedModel:
@@ -65,7 +70,9 @@ def test_the_newest_search_of_a_client_wins_and_the_older_answers_first_stage():
         first_claim = await scorer.claim("ubi:c")
         first = asyncio.ensure_future(scorer.rerank(_plan("A"), SPEC, DATA, 0.0, 0.0, claim=first_claim))
         assert await model.arrived.get() == "A"  # queued at the model
-        other = asyncio.ensure_future(scorer.rerank(_plan("B"), SPEC, DATA, 0.0, 0.0, claim=await scorer.claim("ubi:d")))
+        other = asyncio.ensure_future(
+            scorer.rerank(_plan("B"), SPEC, DATA, 0.0, 0.0, claim=await scorer.claim("ubi:d"))
+        )
         assert await model.arrived.get() == "B"
         # The same client types on: its newer claim returns once "A" has left the model.
         second_claim = await scorer.claim("ubi:c")

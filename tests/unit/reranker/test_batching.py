@@ -113,7 +113,9 @@ def test_cuda_warm_up_runs_every_padded_width(tiny_model_dir):
     ) as reranker:  # fmt: skip
         runs = []
         reranker._io_binding = True  # as on CUDA; the runs are recorded, not executed
-        reranker._run_batch = lambda pairs, width: runs.append((width, [len(p.ids) for p in pairs])) or np.zeros(len(pairs))
+        reranker._run_batch = lambda pairs, width: (
+            runs.append((width, [len(p.ids) for p in pairs])) or np.zeros(len(pairs))
+        )
         reranker._warm_up()
     shapes = [(len(lengths), width) for width, lengths in runs]
     widths = {w for _, w in shapes}

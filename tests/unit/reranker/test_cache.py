@@ -165,7 +165,9 @@ def test_provider_variant_files(tiny_model_dir, tmp_path):
     for name in ("model.onnx", "tokenizer.json"):
         shutil.copyfile(tiny_model_dir / name, tmp_path / name)
     shutil.copyfile(tiny_model_dir / "model.onnx", tmp_path / "model.int8.onnx")
-    settings = ModelSettings(path=tmp_path, int8_onnx_file="model.int8.onnx", fp16_onnx_file="model.fp16.onnx", providers=["cpu"])
+    settings = ModelSettings(
+        path=tmp_path, int8_onnx_file="model.int8.onnx", fp16_onnx_file="model.fp16.onnx", providers=["cpu"]
+    )
     with OnnxReranker.from_settings("tiny", settings) as reranker:
         assert reranker.onnx_path == tmp_path / "model.int8.onnx"  # CPU runs the int8 file
         assert reranker.info()["onnx"] == str(tmp_path / "model.int8.onnx")

@@ -147,15 +147,11 @@ def test_configured_head_must_match_the_output(tiny_dir):
 
 @needs_tokenizer
 def test_model_without_token_type_ids(tmp_path):
-    model_dir = build_tiny_model(
-        tmp_path, tokenizer_json=TOKENIZER_JSON, with_token_type_ids=False, seed=3
-    )
+    model_dir = build_tiny_model(tmp_path, tokenizer_json=TOKENIZER_JSON, with_token_type_ids=False, seed=3)
     with _load(model_dir) as reranker:
         assert reranker.info()["inputs"] == ["input_ids", "attention_mask"]
         scores = reranker.score(QUERY, PASSAGES, batch_size=3)
-        np.testing.assert_allclose(
-            scores, one_at_a_time(reranker, QUERY, PASSAGES), atol=1e-5, rtol=0
-        )
+        np.testing.assert_allclose(scores, one_at_a_time(reranker, QUERY, PASSAGES), atol=1e-5, rtol=0)
 
 
 # -- async -----------------------------------------------------------------------------
@@ -277,9 +273,7 @@ def test_real_model_ranks_the_relevant_passage_first_and_matches_onnxruntime():
         "sclerosis, suggesting that vitamin D deficiency increases MS risk.",
         "The recipe calls for fresh tomatoes, garlic and olive oil, simmered for twenty minutes.",
     ]
-    with OnnxReranker(
-        "scifact", REAL_MODEL / "model.onnx", TOKENIZER_JSON, intra_op_threads=1
-    ) as reranker:
+    with OnnxReranker("scifact", REAL_MODEL / "model.onnx", TOKENIZER_JSON, intra_op_threads=1) as reranker:
         assert reranker.head == "single"
         scores = reranker.score(query, passages)
     assert int(np.argmax(scores)) == 1
@@ -312,7 +306,9 @@ def test_cuda_options_reach_the_cuda_provider(tiny_model_dir, monkeypatch):
         asked.append(providers)
         return ort.InferenceSession(model, sess_options=sess_options, providers=["CPUExecutionProvider"])
 
-    shim = types.SimpleNamespace(**{k: getattr(ort, k) for k in dir(ort) if not k.startswith("_") and k != "preload_dlls"})
+    shim = types.SimpleNamespace(
+        **{k: getattr(ort, k) for k in dir(ort) if not k.startswith("_") and k != "preload_dlls"}
+    )
     shim.get_available_providers = lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
     shim.InferenceSession = session
     monkeypatch.setattr(_onnx, "import_onnxruntime", lambda: shim)
@@ -321,7 +317,12 @@ def test_cuda_options_reach_the_cuda_provider(tiny_model_dir, monkeypatch):
         providers=["cuda", "cpu"], cuda_options={"device_id": 1, "arena_extend_strategy": "kSameAsRequested"}, warmup=False,
     ) as reranker:  # fmt: skip
         assert reranker.provider == "CPUExecutionProvider"  # this machine has no CUDA: ONNX Runtime fell back
-    assert asked == [[("CUDAExecutionProvider", {"device_id": "1", "arena_extend_strategy": "kSameAsRequested"}), "CPUExecutionProvider"]]
+    assert asked == [
+        [
+            ("CUDAExecutionProvider", {"device_id": "1", "arena_extend_strategy": "kSameAsRequested"}),
+            "CPUExecutionProvider",
+        ]
+    ]
 
 
 @pytest.mark.parametrize(

@@ -47,7 +47,7 @@ def build_sdpa_encoder(path: Path, *, layers: int = 2, seed: int = 0) -> Path:
     for layer in range(layers):
         p = f"l{layer}_"
 
-        def proj(kind, perm):
+        def proj(kind, perm, p=p, x=x):
             w = const(p + kind + "_w", rng.standard_normal((HIDDEN, HIDDEN)) / np.sqrt(HIDDEN))
             b = const(p + kind + "_b", rng.standard_normal(HIDDEN) * 0.1)
             y = node("MatMul", [x, w], p + kind + "_mm")
@@ -69,7 +69,12 @@ def build_sdpa_encoder(path: Path, *, layers: int = 2, seed: int = 0) -> Path:
         wo = const(p + "wo", rng.standard_normal((HIDDEN, HIDDEN)) / np.sqrt(HIDDEN))
         o = node("MatMul", [c, wo], p + "out")
         o = node("Add", [o, x], p + "res")
-        x = node("LayerNormalization", [o, const(p + "g", np.ones(HIDDEN)), const(p + "beta", np.zeros(HIDDEN))], p + "ln", axis=-1)
+        x = node(
+            "LayerNormalization",
+            [o, const(p + "g", np.ones(HIDDEN)), const(p + "beta", np.zeros(HIDDEN))],
+            p + "ln",
+            axis=-1,
+        )
         w1 = const(p + "w1", rng.standard_normal((HIDDEN, FFN)) / np.sqrt(HIDDEN))
         w2 = const(p + "w2", rng.standard_normal((FFN, HIDDEN)) / np.sqrt(FFN))
         h = node("MatMul", [x, w1], p + "ffn1")
@@ -195,7 +200,11 @@ def test_model_quantize_and_quantize_int8_write_the_same_file(tmp_path):
 
     work = tmp_path / "model"
     work.mkdir()
-    for name, target in (("model.onnx", "model.onnx"), ("tokenizer.json", "tokenizer.json"), ("config.json", "hf/config.json")):
+    for name, target in (
+        ("model.onnx", "model.onnx"),
+        ("tokenizer.json", "tokenizer.json"),
+        ("config.json", "hf/config.json"),
+    ):
         (work / name).symlink_to(REAL_MODEL / target)
     quantize_model(work, fusions_first=True, per_channel=INT8_RECIPE["per_channel"], op_types=INT8_RECIPE["op_types"])
     ops = quantize_int8(REAL_MODEL / "model.onnx", tmp_path / "direct.int8.onnx")

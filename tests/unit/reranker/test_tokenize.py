@@ -80,7 +80,7 @@ def test_cache_off_still_gives_the_same_pairs():
 
 
 def _word_level(tmp_path: Path, processor) -> Path:
-    words = "[UNK] [CLS] [SEP] <s> </s> a b c d e f g h query passage".split()
+    words = ["[UNK]", "[CLS]", "[SEP]", "<s>", "</s>", "a", "b", "c", "d", "e", "f", "g", "h", "query", "passage"]
     tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.post_processor = processor
@@ -131,7 +131,9 @@ def test_make_feeds_takes_pairs_and_encodings_alike():
 def test_long_passages_cut_before_tokenizing_give_the_same_pairs(monkeypatch, chars_per_token):
     from es_rerank.reranker import _tokenize
 
-    monkeypatch.setattr(_tokenize, "CLIP_CHARS_PER_TOKEN", chars_per_token)  # 1 and 3: cut too short, tokenized whole again
+    monkeypatch.setattr(
+        _tokenize, "CLIP_CHARS_PER_TOKEN", chars_per_token
+    )  # 1 and 3: cut too short, tokenized whole again
     passages = PASSAGES + [
         "Cerebral white matter develops; " * 2000,  # a long document: cut long before its end
         "a " * 5000,  # one character a token
@@ -140,7 +142,9 @@ def test_long_passages_cut_before_tokenizing_give_the_same_pairs(monkeypatch, ch
     ]
     for max_length in (32, 256):
         tokenizer = PairTokenizer(BERT)
-        assert _got(tokenizer.encode_pairs(QUERIES[0], passages, max_length)) == _reference(BERT, QUERIES[0], passages, max_length)
+        assert _got(tokenizer.encode_pairs(QUERIES[0], passages, max_length)) == _reference(
+            BERT, QUERIES[0], passages, max_length
+        )
 
 
 class _Recording:

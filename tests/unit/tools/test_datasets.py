@@ -29,7 +29,9 @@ def _write(path, text):
 
 
 def test_load_queries(tmp_path):
-    path = _write(tmp_path / "q.jsonl", '{"_id": "1", "text": "vitamin d"}\n\n{"_id": 2, "text": "aspirin", "metadata": {}}\n')
+    path = _write(
+        tmp_path / "q.jsonl", '{"_id": "1", "text": "vitamin d"}\n\n{"_id": 2, "text": "aspirin", "metadata": {}}\n'
+    )
     assert load_queries(path) == {"1": "vitamin d", "2": "aspirin"}
 
 
@@ -92,8 +94,6 @@ def test_load_beir_skips_unjudged_queries(tmp_path):
     assert data.queries == {"1": "a"} and data.unjudged == 1
 
 
-
-
 def test_dataset_errors_are_tool_errors():
     assert issubclass(DatasetError, ToolError) and issubclass(DatasetError, RerankError)
 
@@ -104,7 +104,7 @@ def test_dataset_errors_are_tool_errors():
 def test_open_text_knows_gzip_by_its_bytes_not_its_name(tmp_path):
     plain = _write(tmp_path / "a.gz", "plain\n")
     packed = tmp_path / "b.jsonl"
-    packed.write_bytes(gzip.compress("packed\n".encode()))
+    packed.write_bytes(gzip.compress(b"packed\n"))
     with open_text(plain) as f:
         assert f.read() == "plain\n"
     with open_text(packed) as f:
@@ -138,7 +138,11 @@ def test_beir_files_finds_both_layouts(tmp_path):
     for name in ("corpus.jsonl.gz", "queries-dev.jsonl", "qrels-dev.tsv"):
         (tmp_path / name).write_text("x")
     files = beir_files(tmp_path, "dev")
-    assert (files.corpus.name, files.queries.name, files.qrels.name) == ("corpus.jsonl.gz", "queries-dev.jsonl", "qrels-dev.tsv")
+    assert (files.corpus.name, files.queries.name, files.qrels.name) == (
+        "corpus.jsonl.gz",
+        "queries-dev.jsonl",
+        "qrels-dev.tsv",
+    )
     (tmp_path / "qrels").mkdir()
     (tmp_path / "qrels" / "dev.tsv").write_text("x")
     assert beir_files(tmp_path, "dev").qrels == tmp_path / "qrels" / "dev.tsv"

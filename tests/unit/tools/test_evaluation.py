@@ -9,8 +9,8 @@ import math
 import pytest
 from click.testing import CliRunner
 
-from es_rerank.errors import EvaluationError, RerankError
 from es_rerank.cli.eval import eval_command
+from es_rerank.errors import EvaluationError
 from es_rerank.tools.evaluation import (
     EvalResult,
     KResult,
@@ -132,8 +132,15 @@ def _result(fallbacks: int = 0) -> EvalResult:
         for k, recall, ndcg in ((10, 0.7553, 0.6696), (100, 0.8973, 0.6901))
     ]
     return EvalResult(
-        index="scifact", mode="in-process", target="es-rerank.yaml", upstream="http://127.0.0.1:9200",
-        first_stage_query=default_first_stage_query(), queries=3, unjudged=0, results=rows, model="scifact",
+        index="scifact",
+        mode="in-process",
+        target="es-rerank.yaml",
+        upstream="http://127.0.0.1:9200",
+        first_stage_query=default_first_stage_query(),
+        queries=3,
+        unjudged=0,
+        results=rows,
+        model="scifact",
     )
 
 
@@ -142,9 +149,39 @@ def test_table_has_a_row_per_k_with_every_figure():
     lines = table.splitlines()
     assert lines[0] == "index [scifact], 3 queries (in-process: es-rerank.yaml), model scifact"
     assert "first stage" in lines[1] and "reranked" in lines[1] and "rerank ms" in lines[1]
-    assert lines[2].split() == ["K", "|", "NDCG@10", "MRR@10", "Recall@K", "|", "NDCG@10", "MRR@10", "Recall@10", "|", "p50", "p95", "|", "pairs/s"]
+    assert lines[2].split() == [
+        "K",
+        "|",
+        "NDCG@10",
+        "MRR@10",
+        "Recall@K",
+        "|",
+        "NDCG@10",
+        "MRR@10",
+        "Recall@10",
+        "|",
+        "p50",
+        "p95",
+        "|",
+        "pairs/s",
+    ]
     rows = [line.split() for line in lines[4:]]
-    assert rows[0] == ["10", "|", "0.6275", "0.6000", "0.7553", "|", "0.6696", "0.6500", "0.7500", "|", "120.0", "192.0", "|", "71.4"]  # 30 pairs in 0.42 s
+    assert rows[0] == [
+        "10",
+        "|",
+        "0.6275",
+        "0.6000",
+        "0.7553",
+        "|",
+        "0.6696",
+        "0.6500",
+        "0.7500",
+        "|",
+        "120.0",
+        "192.0",
+        "|",
+        "71.4",
+    ]  # 30 pairs in 0.42 s
     assert rows[1][0] == "100" and rows[1][4] == "0.8973" and rows[1][6] == "0.6901"
     assert len({len(line) for line in lines[1:]}) == 1  # columns line up
     assert "warning" not in table
@@ -184,7 +221,10 @@ def test_cli_needs_exactly_one_target(tmp_path):
     base = ["--index", "x", "--queries", str(queries), "--qrels", str(qrels)]
     result = CliRunner().invoke(eval_command, base)
     assert result.exit_code == 1
-    assert result.output.strip() == "error: give either --config FILE (in-process) or --proxy URL with --upstream URL (black-box)"
+    assert (
+        result.output.strip()
+        == "error: give either --config FILE (in-process) or --proxy URL with --upstream URL (black-box)"
+    )
     result = CliRunner().invoke(eval_command, [*base, "--proxy", "http://127.0.0.1:1"])
     assert result.exit_code == 1 and "--proxy needs --upstream" in result.output
 
@@ -201,7 +241,18 @@ def test_cli_k_over_max_window_fails_before_loading_anything(tmp_path):
     )
     queries = _write(tmp_path / "q.jsonl", '{"_id": "1", "text": "a"}\n')
     qrels = _write(tmp_path / "r.tsv", "query-id\tcorpus-id\tscore\n1\td1\t1\n")
-    args = ["--config", str(config), "--index", "docs", "--queries", str(queries), "--qrels", str(qrels), "--out", str(tmp_path / "o")]
+    args = [
+        "--config",
+        str(config),
+        "--index",
+        "docs",
+        "--queries",
+        str(queries),
+        "--qrels",
+        str(qrels),
+        "--out",
+        str(tmp_path / "o"),
+    ]
     result = CliRunner().invoke(eval_command, [*args, "--k", "10,100"])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [

@@ -20,8 +20,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from es_rerank.errors import ModelError
 from es_rerank.cli.model import model
+from es_rerank.errors import ModelError
+from es_rerank.reranker import OnnxReranker
+from es_rerank.reranker.modeldir import (
+    MODEL_CONFIG_FILE,
+    ModelDirConfig,
+    read_model_config,
+    write_model_config,
+)
 from es_rerank.tools.models import (
     CHECK_PAIRS,
     check_model,
@@ -30,13 +37,6 @@ from es_rerank.tools.models import (
     quantize_model,
 )
 from es_rerank.tools.models._common import _activation, _head, _max_length
-from es_rerank.reranker import OnnxReranker
-from es_rerank.reranker.modeldir import (
-    MODEL_CONFIG_FILE,
-    ModelDirConfig,
-    read_model_config,
-    write_model_config,
-)
 
 TESTS = Path(__file__).resolve().parents[2]
 ROOT = TESTS.parent
@@ -75,6 +75,7 @@ def scores_of(model_dir: Path, onnx_file: str = "model.onnx", **kw) -> np.ndarra
     queries = list(dict.fromkeys(q for q, _ in CHECK_PAIRS))
     with OnnxReranker("t", model_dir / onnx_file, model_dir / "tokenizer.json", providers=["cpu"], **kw) as r:
         return np.concatenate([r.score(q, [p for q2, p in CHECK_PAIRS if q2 == q]) for q in queries])
+
 
 needs_sympy = pytest.mark.skipif(
     not _installed("sympy"),
@@ -218,7 +219,9 @@ class FakeHub:
 
     def add(self, repo_id: str, files: dict[str, bytes], *, refs: tuple[str, ...] = ("main",)) -> str:
         """A commit of ``repo_id`` holding ``files``; the branch/tag names in ``refs`` point to it."""
-        commit = hashlib.sha1(repr(sorted((k, hashlib.sha256(v).hexdigest()) for k, v in files.items())).encode() + repo_id.encode()).hexdigest()
+        commit = hashlib.sha1(
+            repr(sorted((k, hashlib.sha256(v).hexdigest()) for k, v in files.items())).encode() + repo_id.encode()
+        ).hexdigest()
         repo = self.repos.setdefault(repo_id, {"refs": {}, "commits": {}})
         repo["commits"][commit] = files
         for ref in refs:
@@ -299,11 +302,18 @@ def hub(tmp_path_factory):
             "onnx/model.onnx": (single / "model.onnx").read_bytes(),
             "onnx/model_qint8_avx512.onnx": (two / "model.onnx").read_bytes(),
             "tokenizer.json": tokenizer,
-            "config.json": json.dumps({
-                "architectures": ["BertForSequenceClassification"], "model_type": "bert",
-                "id2label": {"0": "LABEL_0"}, "max_position_embeddings": 512,
-                "sentence_transformers": {"activation_fn": "torch.nn.modules.activation.Sigmoid", "version": "4.1.0"},
-            }).encode(),  # fmt: skip
+            "config.json": json.dumps(
+                {
+                    "architectures": ["BertForSequenceClassification"],
+                    "model_type": "bert",
+                    "id2label": {"0": "LABEL_0"},
+                    "max_position_embeddings": 512,
+                    "sentence_transformers": {
+                        "activation_fn": "torch.nn.modules.activation.Sigmoid",
+                        "version": "4.1.0",
+                    },
+                }
+            ).encode(),  # fmt: skip
             "tokenizer_config.json": json.dumps({"model_max_length": 384}).encode(),
             "README.md": b"# tiny cross-encoder\n",
             "model.safetensors": b"not downloaded",
@@ -315,11 +325,15 @@ def hub(tmp_path_factory):
         {
             "model.onnx": (two / "model.onnx").read_bytes(),
             "tokenizer.json": tokenizer,
-            "config.json": json.dumps({
-                "model_type": "xlm-roberta", "max_position_embeddings": 514, "pad_token_id": 1,
-                "id2label": {"0": "not_relevant", "1": "relevant"},
-                "sbert_ce_default_activation_function": "torch.nn.modules.linear.Identity",
-            }).encode(),  # fmt: skip
+            "config.json": json.dumps(
+                {
+                    "model_type": "xlm-roberta",
+                    "max_position_embeddings": 514,
+                    "pad_token_id": 1,
+                    "id2label": {"0": "not_relevant", "1": "relevant"},
+                    "sbert_ce_default_activation_function": "torch.nn.modules.linear.Identity",
+                }
+            ).encode(),  # fmt: skip
         },
         refs=("v1",),
     )
@@ -369,7 +383,9 @@ def test_pull_fetches_through_huggingface_hub(hub, tmp_path):
 
 def test_pull_revision_and_root_onnx(hub, tmp_path):
     out = tmp_path / "v1"
-    result = run("pull", "acme/tiny-ce", "--revision", "v1", "--out", out, "--endpoint", hub.url, "--cache-dir", tmp_path / "c")
+    result = run(
+        "pull", "acme/tiny-ce", "--revision", "v1", "--out", out, "--endpoint", hub.url, "--cache-dir", tmp_path / "c"
+    )
     assert result.exit_code == 0, result.output
     config = read_model_config(out)
     assert config.source["commit"] == hub.v1_commit and config.source["onnx_file"] == "model.onnx"
@@ -403,7 +419,10 @@ def test_pull_brings_external_data_along(hub, tmp_path):
     [
         (["acme/missing"], "repository acme/missing not found"),
         (["acme/tiny-ce", "--revision", "v9"], "has no revision 'v9'"),
-        (["acme/tiny-ce", "--onnx-file", "onnx/nope.onnx"], "ONNX files there: onnx/model.onnx, onnx/model_qint8_avx512.onnx"),
+        (
+            ["acme/tiny-ce", "--onnx-file", "onnx/nope.onnx"],
+            "ONNX files there: onnx/model.onnx, onnx/model_qint8_avx512.onnx",
+        ),
         (["acme/no-tokenizer"], "has no tokenizer.json"),
         (["acme/many-onnx"], "pick one with --onnx-file: onnx/a.onnx, onnx/b.onnx"),
     ],
@@ -448,7 +467,9 @@ def test_pull_honours_hf_endpoint_and_offline_mode(hub, tmp_path):
     assert a == b and b.source["commit"] == hub.main_commit and b.max_length == 384
     assert (tmp_path / "b" / "model.onnx").read_bytes() == (tmp_path / "a" / "model.onnx").read_bytes()
 
-    missing = _cli(["pull", "acme/tiny-ce", "--revision", "v1", "--out", str(tmp_path / "c")], {**env, "HF_HUB_OFFLINE": "1"})
+    missing = _cli(
+        ["pull", "acme/tiny-ce", "--revision", "v1", "--out", str(tmp_path / "c")], {**env, "HF_HUB_OFFLINE": "1"}
+    )
     assert missing.returncode == 1
     assert missing.stderr.startswith("error: cannot fetch") and "not in the local cache" in missing.stderr
     assert "Traceback" not in missing.stderr
@@ -621,12 +642,68 @@ def test_export_rejects_a_checkpoint_without_classification_head(tmp_path):
     assert run("export", tmp_path / "empty", tmp_path / "out").output.startswith("error: ")
 
 
-WORDS = (
-    "the a of and to in is on for with how do does what vitamin d deficiency risk multiple sclerosis "
-    "young adults smoking obesity low vaccines train immune system antigen memory cells form antibodies "
-    "made after vaccination recognise pathogen later exposure football clubs spent record sums transfers "
-    "this summer stock markets fell sharply monday harvest was good year village celebrated"
-).split()
+WORDS = [
+    "the",
+    "a",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "on",
+    "for",
+    "with",
+    "how",
+    "do",
+    "does",
+    "what",
+    "vitamin",
+    "d",
+    "deficiency",
+    "risk",
+    "multiple",
+    "sclerosis",
+    "young",
+    "adults",
+    "smoking",
+    "obesity",
+    "low",
+    "vaccines",
+    "train",
+    "immune",
+    "system",
+    "antigen",
+    "memory",
+    "cells",
+    "form",
+    "antibodies",
+    "made",
+    "after",
+    "vaccination",
+    "recognise",
+    "pathogen",
+    "later",
+    "exposure",
+    "football",
+    "clubs",
+    "spent",
+    "record",
+    "sums",
+    "transfers",
+    "this",
+    "summer",
+    "stock",
+    "markets",
+    "fell",
+    "sharply",
+    "monday",
+    "harvest",
+    "was",
+    "good",
+    "year",
+    "village",
+    "celebrated",
+]
 
 
 def build_tiny_bert(out: Path, *, num_labels: int, seed: int = 0) -> Path:
@@ -762,7 +839,9 @@ def test_optimize_fuses_exported_bert(exported, tmp_path):
     # residual Add + LayerNormalization stay apart for CPU (faster there than SkipLayerNormalization)
     assert result.fused_ops.get("Attention") == 2 and result.fused_ops.get("LayerNormalization") == 4, result.fused_ops
     assert result.max_abs_diff < 1e-4
-    np.testing.assert_allclose(scores_of(work, "model.opt.onnx", max_length=128), scores_of(work, max_length=128), atol=1e-4)
+    np.testing.assert_allclose(
+        scores_of(work, "model.opt.onnx", max_length=128), scores_of(work, max_length=128), atol=1e-4
+    )
     half = onnx.load(str(work / "model.fp16.onnx"))
     assert [(i.name, i.type.tensor_type.elem_type) for i in half.graph.input] == [
         (n, onnx.TensorProto.INT64) for n in ("input_ids", "attention_mask", "token_type_ids")
@@ -784,7 +863,9 @@ def test_quantize_exported_bert_with_fusions_first(exported, tmp_path):
         (work / p.name).write_bytes(p.read_bytes())
     plain = quantize_model(work, output="plain.int8.onnx")
     fused = quantize_model(work, fusions_first=True, per_channel=True)
-    prepared = quantize_model(work, fusions_first=True, preprocess=True, output="prepared.int8.onnx")  # torch brings sympy
+    prepared = quantize_model(
+        work, fusions_first=True, preprocess=True, output="prepared.int8.onnx"
+    )  # torch brings sympy
     reference = scores_of(work, max_length=128)
     for result in (plain, fused, prepared):
         got = scores_of(work, result.output.name, max_length=128)
