@@ -62,12 +62,34 @@ def _config(url: str, model: Path, index: str, experiments: bool, queries_index:
     if experiments:
         keys = ["header:x-user-id"]
         cfg["experiments"] = [
-            {"name": "bench-rr", "indices": [f"{index}-bench-rr"], "salt": "b", "keys": keys,
-             "arms": [{"name": "bm25", "kind": "bm25", "weight": 0}, {"name": "rr", "kind": "rerank", "weight": 100}]},
-            {"name": "bench-bm", "indices": [f"{index}-bench-bm"], "salt": "b", "keys": keys,
-             "arms": [{"name": "bm25", "kind": "bm25", "weight": 100}, {"name": "rr", "kind": "rerank", "weight": 0}]},
-            {"name": "bench-il", "indices": [f"{index}-bench-il"], "salt": "b", "keys": keys, "mode": "interleave",
-             "arms": [{"name": "bm25", "kind": "bm25"}, {"name": "rr", "kind": "rerank"}]},
+            {
+                "name": "bench-rr",
+                "indices": [f"{index}-bench-rr"],
+                "salt": "b",
+                "keys": keys,
+                "arms": [
+                    {"name": "bm25", "kind": "bm25", "weight": 0},
+                    {"name": "rr", "kind": "rerank", "weight": 100},
+                ],
+            },
+            {
+                "name": "bench-bm",
+                "indices": [f"{index}-bench-bm"],
+                "salt": "b",
+                "keys": keys,
+                "arms": [
+                    {"name": "bm25", "kind": "bm25", "weight": 100},
+                    {"name": "rr", "kind": "rerank", "weight": 0},
+                ],
+            },
+            {
+                "name": "bench-il",
+                "indices": [f"{index}-bench-il"],
+                "salt": "b",
+                "keys": keys,
+                "mode": "interleave",
+                "arms": [{"name": "bm25", "kind": "bm25"}, {"name": "rr", "kind": "rerank"}],
+            },
         ]
         cfg["ubi"] = {"queries_index": queries_index, "events_index": queries_index + "-events"}
     return cfg
@@ -81,8 +103,20 @@ class Served:
         path.write_text(yaml.safe_dump(config))
         self.log = (workdir / f"{name}.log").open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "es_rerank.cli", "--log-level", "warning", "serve", "--config", str(path), "--port", str(self.port)],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "es_rerank.cli",
+                "--log-level",
+                "warning",
+                "serve",
+                "--config",
+                str(path),
+                "--port",
+                str(self.port),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
 
     def wait(self) -> None:
@@ -117,7 +151,9 @@ def main() -> None:
     url = args.opensearch_url.rstrip("/")
     queries_index = "bench-ubi-queries"
     aliases = [f"{args.index}-bench-{x}" for x in ("rr", "bm", "il")]
-    httpx.post(url + "/_aliases", json={"actions": [{"add": {"index": args.index, "alias": a}} for a in aliases]}).raise_for_status()
+    httpx.post(
+        url + "/_aliases", json={"actions": [{"add": {"index": args.index, "alias": a}} for a in aliases]}
+    ).raise_for_status()
     for name in (queries_index, queries_index + "-events"):
         httpx.delete(f"{url}/{name}")
     texts = _queries(args.queries, args.n_queries)
@@ -140,16 +176,24 @@ def main() -> None:
             with httpx.Client(timeout=120) as client:
 
                 def one(base: str, alias: str, text: str, headers: dict, user: int) -> float:
-                    body = {"query": {"multi_match": {"query": text, "fields": ["title", "text"]}}, "size": 10, "_source": False}
+                    body = {
+                        "query": {"multi_match": {"query": text, "fields": ["title", "text"]}},
+                        "size": 10,
+                        "_source": False,
+                    }
                     t0 = time.perf_counter()
-                    r = client.post(f"{base}/{args.index}-bench-{alias}/_search", json=body, headers={**headers, "x-user-id": f"u{user}"})
+                    r = client.post(
+                        f"{base}/{args.index}-bench-{alias}/_search",
+                        json=body,
+                        headers={**headers, "x-user-id": f"u{user}"},
+                    )
                     ms = (time.perf_counter() - t0) * 1000
                     if r.status_code != 200:
                         raise SystemExit(f"{base}: {r.status_code} {r.text[:300]}")
                     return ms
 
                 for text in texts:  # warm: every query scored once on each server (score cache on)
-                    for row, (off_alias, off_headers, on_alias, on_headers, _) in rows.items():
+                    for off_alias, off_headers, on_alias, on_headers, _ in rows.values():
                         one(off.url, off_alias, text, off_headers, 0)
                         one(on.url, on_alias, text, on_headers, 0)
                 for i in range(args.rounds):
@@ -165,7 +209,8 @@ def main() -> None:
                 while True:
                     metrics = client.get(on.url + "/_rerank/metrics").text
                     written = sum(
-                        float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                        float(line.rsplit(" ", 1)[1])
+                        for line in metrics.splitlines()
                         if line.startswith("es_rerank_ubi_documents_total{") and 'outcome="written"' in line
                     )
                     if written >= expected or time.time() > deadline:
@@ -183,8 +228,13 @@ def main() -> None:
         p50 = {k: statistics.median(v) for k, v in t.items()}
         p95 = {k: sorted(v)[int(0.95 * (len(v) - 1))] for k, v in t.items()}
         result[row] = {"p50": p50, "p95": p95, "delta_p50_ms": p50["on"] - p50["off"]}
-        print(f"| {row} | {p50['off']:.2f} | {p50['on']:.2f} | {p50['on'] - p50['off']:+.2f} | {p95['off']:.2f} | {p95['on']:.2f} |")
-    print(f"UBI documents (experiments on), {expected} searches recorded: " + "; ".join(line.split("{", 1)[1] for line in ubi))
+        print(
+            f"| {row} | {p50['off']:.2f} | {p50['on']:.2f} | {p50['on'] - p50['off']:+.2f} | {p95['off']:.2f} | {p95['on']:.2f} |"
+        )
+    print(
+        f"UBI documents (experiments on), {expected} searches recorded: "
+        + "; ".join(line.split("{", 1)[1] for line in ubi)
+    )
     cost = result["reranked"]["delta_p50_ms"]
     print(f"recording cost at the median (reranked, on - off): {cost:+.2f} ms (target <= 0.3 ms)")
     if args.out:

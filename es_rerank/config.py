@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -73,7 +74,8 @@ class RemoteSettings(_Strict):
     """A model served by remote reranking servers (es_rerank/reranker/_remote.py)."""
 
     protocol: Literal["tei", "infinity"] = Field(
-        "tei", description="tei: POST /rerank {query, texts} (text-embeddings-inference, es-rerank); "
+        "tei",
+        description="tei: POST /rerank {query, texts} (text-embeddings-inference, es-rerank); "
         "infinity: POST /rerank {model, query, documents} (Infinity, Cohere's shape)",
     )
     endpoints: list[str] = Field(min_length=1, description="base URLs, e.g. http://10.0.0.5:8080")
@@ -114,10 +116,12 @@ class ModelSettings(_Strict):
     head: Literal["auto", "single", "two"] = "auto"
     intra_op_threads: int = Field(0, ge=0, description="0 = physical cores")
     int8_onnx_file: str | None = Field(
-        None, description="ONNX file (in `path`) used instead of onnx_file when the model runs on CPU, e.g. model.int8.onnx"
+        None,
+        description="ONNX file (in `path`) used instead of onnx_file when the model runs on CPU, e.g. model.int8.onnx",
     )
     fp16_onnx_file: str | None = Field(
-        None, description="ONNX file (in `path`) used instead of onnx_file when the model runs on CUDA, e.g. model.fp16.onnx"
+        None,
+        description="ONNX file (in `path`) used instead of onnx_file when the model runs on CUDA, e.g. model.fp16.onnx",
     )
     max_batch_tokens: int | None = Field(
         None,
@@ -130,18 +134,24 @@ class ModelSettings(_Strict):
     )
     cache_size: int = Field(10_000, ge=0, description="scores kept in the LRU score cache; 0 = off")
     token_cache_size: int = Field(
-        20_000, ge=0, description="passages whose token ids are kept (LRU), so a document seen again is not re-tokenized; 0 = off"
+        20_000,
+        ge=0,
+        description="passages whose token ids are kept (LRU), so a document seen again is not re-tokenized; 0 = off",
     )
-    warmup: bool = Field(True, description="run the model at load (on CUDA every padded width, with full and padded rows, so no request pays kernel loading)")
+    warmup: bool = Field(
+        True,
+        description="run the model at load (on CUDA every padded width, with full and padded rows, so no request pays kernel loading)",
+    )
     fuse_at_load: bool = Field(
-        True, description="fuse an unfused transformer graph (attention, layer norms) in memory at load; needs the onnx package"
+        True,
+        description="fuse an unfused transformer graph (attention, layer norms) in memory at load; needs the onnx package",
     )
     allow_spinning: bool = Field(
         False, description="let ONNX Runtime's idle intra-op threads spin (faster only on cores nothing else uses)"
     )
 
     @model_validator(mode="after")
-    def _check_batching(self) -> "ModelSettings":
+    def _check_batching(self) -> ModelSettings:
         if (self.path is None) == (self.remote is None):
             raise ValueError("a model needs exactly one of path (in-process ONNX) and remote (reranking servers)")
         if self.max_batch_tokens is not None and self.max_batch_tokens < self.max_length:
@@ -168,7 +178,7 @@ class ChunkSettings(_Strict):
     top_n: int = Field(2, ge=1, description="chunks averaged by mean_top")
 
     @model_validator(mode="after")
-    def _check_stride(self) -> "ChunkSettings":
+    def _check_stride(self) -> ChunkSettings:
         if self.chunk_tokens is not None and self.stride >= self.chunk_tokens:
             raise ValueError(f"stride ({self.stride}) must be smaller than chunk_tokens ({self.chunk_tokens})")
         return self
@@ -180,7 +190,9 @@ class BlendSettings(_Strict):
     method: Literal["minmax", "zscore", "rrf"] = Field(
         "minmax", description="minmax or zscore per query, or rrf (reciprocal-rank fusion)"
     )
-    weight: float = Field(ge=0.0, le=1.0, description="the first stage's share: 0 = the model alone, 1 = the first stage alone")
+    weight: float = Field(
+        ge=0.0, le=1.0, description="the first stage's share: 0 = the model alone, 1 = the first stage alone"
+    )
     rrf_k: int = Field(60, ge=1, description="rrf's rank constant")
 
     def to_blend(self) -> Blend:
@@ -194,22 +206,17 @@ class IndexSettings(_Strict):
     rerank: bool = True
     model: str | None = None
     fields: list[str] = Field(default_factory=lambda: ["title", "text"], min_length=1)
-    template: str | None = Field(
-        None, description="passage template such as '{title}. {text}'; default joins fields"
-    )
+    template: str | None = Field(None, description="passage template such as '{title}. {text}'; default joins fields")
     window: int = Field(100, ge=1, description="first-stage hits reranked (K)")
     max_window: int = Field(500, ge=1, description="largest ext.rerank.window_size allowed")
     max_tokens: int | None = Field(None, ge=8, description="overrides the model's max_length")
     batch_size: int | None = Field(None, ge=1)
-    query_text_path: str | None = Field(
-        None, description="dotted path in the request body to take the query text from"
-    )
-    expose_first_stage: bool = Field(
-        True, description="add _rerank.first_stage_score/rank to each reranked hit"
-    )
+    query_text_path: str | None = Field(None, description="dotted path in the request body to take the query text from")
+    expose_first_stage: bool = Field(True, description="add _rerank.first_stage_score/rank to each reranked hit")
     chunking: ChunkSettings = ChunkSettings()
     blend: BlendSettings | None = Field(
-        None, description="blend the first-stage score into the model's (off by default; choose the weight with `es-rerank blend`)"
+        None,
+        description="blend the first-stage score into the model's (off by default; choose the weight with `es-rerank blend`)",
     )
     first_stage_query: dict | None = Field(
         None,
@@ -228,7 +235,7 @@ class IndexSettings(_Strict):
     )
 
     @model_validator(mode="after")
-    def _check_window(self) -> "IndexSettings":
+    def _check_window(self) -> IndexSettings:
         if self.window > self.max_window:
             raise ValueError(f"window ({self.window}) is larger than max_window ({self.max_window})")
         if self.degrade is not None:
@@ -273,9 +280,9 @@ class ServerSettings(_Strict):
         60.0, gt=0, description="seconds an idle connection (or a stalled request body) is kept open"
     )
     max_connections: int = Field(1000, ge=1, description="client connections open at once; one more is answered 503")
-    admin: "AdminSettings" = Field(default_factory=lambda: AdminSettings())
-    cors: "CorsSettings" = Field(default_factory=lambda: CorsSettings())
-    supersede: "SupersedeSettings" = Field(default_factory=lambda: SupersedeSettings())
+    admin: AdminSettings = Field(default_factory=lambda: AdminSettings())
+    cors: CorsSettings = Field(default_factory=lambda: CorsSettings())
+    supersede: SupersedeSettings = Field(default_factory=lambda: SupersedeSettings())
 
 
 class AdminSettings(_Strict):
@@ -289,7 +296,7 @@ class AdminSettings(_Strict):
     api_key: str | None = Field(None, description="for auth: api_key (or ES_RERANK_ADMIN_API_KEY)")
 
     @model_validator(mode="after")
-    def _check_key(self) -> "AdminSettings":
+    def _check_key(self) -> AdminSettings:
         if self.auth == "api_key" and not self.api_key:
             raise ValueError("auth: api_key needs api_key (or ES_RERANK_ADMIN_API_KEY)")
         return self
@@ -314,14 +321,17 @@ class CorsSettings(_Strict):
     """CORS answered by es-rerank itself, as OpenSearch's ``http.cors.*`` would (es_rerank/cors.py).
     Off: OpenSearch's own CORS headers are relayed and preflights forwarded to it."""
 
-    enabled: bool = Field(False, description="http.cors.enabled: answer preflights and add CORS headers to every answer")
+    enabled: bool = Field(
+        False, description="http.cors.enabled: answer preflights and add CORS headers to every answer"
+    )
     allow_origin: str | list[str] = Field(
         default_factory=list,
         description="http.cors.allow-origin: '*', origins (a list, or one string, comma-separated), "
         "or a regular expression between slashes, e.g. '/https?:\\/\\/localhost(:[0-9]+)?/'",
     )
     allow_methods: list[str] = Field(
-        default_factory=lambda: ["OPTIONS", "HEAD", "GET", "POST", "PUT", "DELETE"], description="http.cors.allow-methods"
+        default_factory=lambda: ["OPTIONS", "HEAD", "GET", "POST", "PUT", "DELETE"],
+        description="http.cors.allow-methods",
     )
     allow_headers: list[str] = Field(
         default_factory=lambda: list(CORS_ALLOW_HEADERS), description="http.cors.allow-headers ('*': any)"
@@ -334,10 +344,14 @@ class CorsSettings(_Strict):
     )
 
     @model_validator(mode="after")
-    def _check_origin(self) -> "CorsSettings":
+    def _check_origin(self) -> CorsSettings:
         if self.enabled and not self.allow_origin:
             raise ValueError("enabled needs allow_origin ('*', a list of origins or /regex/)")
-        if isinstance(self.allow_origin, str) and len(self.allow_origin) > 1 and self.allow_origin[0] == self.allow_origin[-1] == "/":
+        if (
+            isinstance(self.allow_origin, str)
+            and len(self.allow_origin) > 1
+            and self.allow_origin[0] == self.allow_origin[-1] == "/"
+        ):
             import re
 
             try:
@@ -351,7 +365,8 @@ class SupersedeSettings(_Strict):
     """Search-as-you-type: a client's newest search wins the model over its older queued ones."""
 
     enabled: bool = Field(
-        True, description="a search queued behind the model is answered in first-stage order (reason superseded) "
+        True,
+        description="a search queued behind the model is answered in first-stage order (reason superseded) "
         "when the same client sends a newer one",
     )
     client_header: str | None = Field(
@@ -363,17 +378,25 @@ class RerankApiSettings(_Strict):
     """``POST /v1/rerank`` (Cohere's shape; ``/v2/rerank`` too) and ``POST /rerank`` (TEI's):
     the engine without an index, for RAG pipelines (es_rerank/rerank_api.py)."""
 
-    enabled: bool = Field(True, description="answer /v1/rerank, /v2/rerank and /rerank (POST); false: pass them to OpenSearch")
-    model: str | None = Field(None, description="the model used when a request names none (default: default_model, or the only one)")
+    enabled: bool = Field(
+        True, description="answer /v1/rerank, /v2/rerank and /rerank (POST); false: pass them to OpenSearch"
+    )
+    model: str | None = Field(
+        None, description="the model used when a request names none (default: default_model, or the only one)"
+    )
     aliases: dict[str, str] = Field(
         default_factory=dict, description="names clients send (e.g. rerank-english-v3.0) -> a model under `models`"
     )
     strict_model: bool = Field(
         False, description="a request naming an unknown model is refused 400; false: it is scored by `model`"
     )
-    fallback_model: str | None = Field(None, description="a cheaper model scoring the request when `model` cannot in time")
+    fallback_model: str | None = Field(
+        None, description="a cheaper model scoring the request when `model` cannot in time"
+    )
     max_documents: int = Field(1000, ge=1, description="documents per request at most; past it 400")
-    max_tokens: int | None = Field(None, ge=8, description="tokens per (query, document) pair; default the model's max_length")
+    max_tokens: int | None = Field(
+        None, ge=8, description="tokens per (query, document) pair; default the model's max_length"
+    )
     batch_size: int | None = Field(None, ge=1)
     api_key: str | None = Field(
         None, description="when set, requests must send `Authorization: Bearer <api_key>` (or ES_RERANK_RERANK_API_KEY)"
@@ -387,8 +410,12 @@ class SharedCacheSettings(_Strict):
     ttl_s: int = Field(86_400, ge=1, description="seconds a score is kept")
     prefix: str = Field("es-rerank:score:", description="key prefix: one per deployment sharing a Redis")
     timeout_ms: float = Field(50.0, gt=0, description="a look-up or write slower than this counts as a failure")
-    retry_after_s: float = Field(5.0, gt=0, description="after a failure, Redis is left alone this long (searches go on without it)")
-    max_pending: int = Field(10_000, ge=1, description="scores waiting to be written at most; more are dropped (counted)")
+    retry_after_s: float = Field(
+        5.0, gt=0, description="after a failure, Redis is left alone this long (searches go on without it)"
+    )
+    max_pending: int = Field(
+        10_000, ge=1, description="scores waiting to be written at most; more are dropped (counted)"
+    )
 
 
 class Settings(_Strict):
@@ -403,7 +430,7 @@ class Settings(_Strict):
     shared_cache: SharedCacheSettings | None = None
 
     @model_validator(mode="after")
-    def _check_models(self) -> "Settings":
+    def _check_models(self) -> Settings:
         problems = _reference_problems(self.model_dump())
         if problems:
             raise ValueError("; ".join(problems))
@@ -523,9 +550,7 @@ def _resolve_paths(data: dict, base: Path) -> dict:
     return {**data, "models": resolved}
 
 
-def settings_from_dict(
-    data: Mapping, *, base: Path | None = None, env: Mapping[str, str] | None = None
-) -> Settings:
+def settings_from_dict(data: Mapping, *, base: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Validate a config mapping (as read from YAML) into :class:`Settings`."""
     if not isinstance(data, Mapping):
         raise ConfigError("invalid configuration", ["the top level must be a mapping"])

@@ -9,7 +9,8 @@ rebuilt (the proxy then answers 502). No I/O: unit tested on recorded responses.
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

@@ -21,9 +21,10 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Awaitable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -32,9 +33,9 @@ from .config import IndexSettings, ServerSettings
 from .errors import ModelOverloadedError
 from .metrics import Metrics, RequestTimings
 from .passages import aggregate_scores, hit_text, split_passages
-from .reranker import Reranker, ScoreStats
 from .plan import SearchPlan
 from .rebuild import rebuild_response, window_hits
+from .reranker import Reranker, ScoreStats
 from .supersession import Claim, Claims
 
 __all__ = ["Outcome", "Reason", "Scored", "Step", "Scorer", "degrade_steps", "SHED_AT"]
@@ -135,8 +136,14 @@ class Scorer:
         return True
 
     async def rerank(
-        self, plan: SearchPlan, spec: IndexSettings, data: dict, started: float, upstream_ms: float,
-        client_gone: Awaitable[None] | None = None, claim: Claim | None = None,
+        self,
+        plan: SearchPlan,
+        spec: IndexSettings,
+        data: dict,
+        started: float,
+        upstream_ms: float,
+        client_gone: Awaitable[None] | None = None,
+        claim: Claim | None = None,
     ) -> tuple[dict[str, Any], Scored, RequestTimings]:
         """Score, reorder and rebuild one search response; records its metrics.
 
@@ -154,14 +161,17 @@ class Scorer:
             first = first_stage_scores(window_hits(planned, data))
             if first is not None and len(first) == len(scores):
                 scores = blend_scores(scores, first, plan.blend)
-        rebuilt = rebuild_response(
-            planned, data, scores, proxy_ms=proxy_ms, expose_first_stage=spec.expose_first_stage
-        )
+        rebuilt = rebuild_response(planned, data, scores, proxy_ms=proxy_ms, expose_first_stage=spec.expose_first_stage)
         return rebuilt, scored, timings
 
     async def score(
-        self, plan: SearchPlan, spec: IndexSettings, data: dict, timings: RequestTimings,
-        client_gone: Awaitable[None] | None = None, claim: Claim | None = None,
+        self,
+        plan: SearchPlan,
+        spec: IndexSettings,
+        data: dict,
+        timings: RequestTimings,
+        client_gone: Awaitable[None] | None = None,
+        claim: Claim | None = None,
     ) -> Scored:
         """The window's scores through the degrade steps, or first-stage order and why.
 
@@ -175,8 +185,16 @@ class Scorer:
         )
 
     async def score_texts(
-        self, query: str, passages: list[str], model: str, spec: IndexSettings, timings: RequestTimings,
-        client_gone: Awaitable[None] | None = None, claim: Claim | None = None, *, window: int | None = None,
+        self,
+        query: str,
+        passages: list[str],
+        model: str,
+        spec: IndexSettings,
+        timings: RequestTimings,
+        client_gone: Awaitable[None] | None = None,
+        claim: Claim | None = None,
+        *,
+        window: int | None = None,
     ) -> Scored:
         """``passages``' scores on ``model`` through ``spec``'s degrade steps under the
         deadline, or None and why (a search's window, or the rerank API's documents)."""
@@ -213,7 +231,7 @@ class Scorer:
         except ModelOverloadedError as exc:
             logger.info("%s; answering first-stage order", exc)
             return first_stage(Reason.OVERLOADED)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             logger.warning("rerank timed out after %.1fs; answering first-stage order", timeout)
             return first_stage(Reason.RERANK_TIMEOUT)
         except Exception:
@@ -232,7 +250,12 @@ class Scorer:
         return Scored(scores, Outcome.RERANKED, reason, step.model, window)
 
     async def _steps(
-        self, steps: Sequence[Step], query: str, passages: list[str], spec: IndexSettings, stats: ScoreStats,
+        self,
+        steps: Sequence[Step],
+        query: str,
+        passages: list[str],
+        spec: IndexSettings,
+        stats: ScoreStats,
         deadline: float | None,
     ) -> tuple[Step, np.ndarray]:
         """The first step the model admits, and its scores; the last refusal when none does."""
@@ -253,8 +276,15 @@ class Scorer:
 
 
 async def score_passages(
-    reranker: Reranker, query: str, passages: list[str], spec: IndexSettings, stats: ScoreStats,
-    deadline: float | None = None, *, partial: bool = False, admit_idle: bool = True,
+    reranker: Reranker,
+    query: str,
+    passages: list[str],
+    spec: IndexSettings,
+    stats: ScoreStats,
+    deadline: float | None = None,
+    *,
+    partial: bool = False,
+    admit_idle: bool = True,
 ) -> np.ndarray:
     """The model's scores, one per passage, or (``partial``) for the first passages that fit.
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..errors import BadRequestError
 from .config import ArmSettings, ExperimentSettings
@@ -93,7 +94,11 @@ def ubi_ext(body: Any) -> dict[str, Any] | None:
     for key in _UBI_STRINGS:
         if key in ubi and ubi[key] is not None and not isinstance(ubi[key], str):
             raise BadRequestError(f"[ext.ubi.{key}] must be a string")
-    if "query_attributes" in ubi and ubi["query_attributes"] is not None and not isinstance(ubi["query_attributes"], Mapping):
+    if (
+        "query_attributes" in ubi
+        and ubi["query_attributes"] is not None
+        and not isinstance(ubi["query_attributes"], Mapping)
+    ):
         raise BadRequestError("[ext.ubi.query_attributes] must be an object")
     return dict(ubi)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from typing import Literal, Mapping
+from collections.abc import Mapping
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -36,7 +37,7 @@ class ArmSettings(_Strict):
     weight: float = Field(50.0, ge=0, le=100, description="ab: percent of users on this arm (weights add up to 100)")
 
     @model_validator(mode="after")
-    def _check_kind(self) -> "ArmSettings":
+    def _check_kind(self) -> ArmSettings:
         if self.kind == "bm25" and (self.model is not None or self.window is not None):
             raise ValueError(f"arm {self.name!r}: a bm25 arm takes no model or window")
         return self
@@ -74,7 +75,7 @@ class ExperimentSettings(_Strict):
         return keys
 
     @model_validator(mode="after")
-    def _check_arms(self) -> "ExperimentSettings":
+    def _check_arms(self) -> ExperimentSettings:
         problems = []
         names = [a.name for a in self.arms]
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -107,7 +108,9 @@ class UbiSettings(_Strict):
     queries_index: str = Field("ubi_queries", min_length=1)
     events_index: str = Field("ubi_events", min_length=1)
     create_indices: bool = Field(True, description="create both indices with UBI's mappings when missing")
-    queue_size: int = Field(10_000, ge=1, description="documents waiting to be written; past it they are dropped (counted)")
+    queue_size: int = Field(
+        10_000, ge=1, description="documents waiting to be written; past it they are dropped (counted)"
+    )
     batch_size: int = Field(500, ge=1, description="documents per _bulk request")
     flush_interval_ms: float = Field(200.0, gt=0, le=60_000, description="longest a document waits for its batch")
     write_timeout: float = Field(5.0, gt=0, description="seconds for one _bulk request")
@@ -115,7 +118,7 @@ class UbiSettings(_Strict):
     application: str | None = Field(None, description="UBI `application` written on each query document")
 
     @model_validator(mode="after")
-    def _check_names(self) -> "UbiSettings":
+    def _check_names(self) -> UbiSettings:
         for key in ("queries_index", "events_index"):
             name = getattr(self, key)
             if name != name.lower() or any(c in name for c in ' ,"*\\<|>/?#:') or name.startswith(("_", "-", "+")):
@@ -142,7 +145,11 @@ def experiment_problems(data: Mapping) -> list[str]:
     if not isinstance(experiments, list):
         return []  # pydantic says so
     models = data.get("models") if isinstance(data.get("models"), Mapping) else {}
-    rules = [s for s in (data.get("indices") or []) if isinstance(s, Mapping)] if isinstance(data.get("indices"), list) else []
+    rules = (
+        [s for s in (data.get("indices") or []) if isinstance(s, Mapping)]
+        if isinstance(data.get("indices"), list)
+        else []
+    )
     problems: list[str] = []
     seen_names: set[str] = set()
     seen_patterns: dict[str, str] = {}
@@ -159,7 +166,9 @@ def experiment_problems(data: Mapping) -> list[str]:
             if not isinstance(pattern, str):
                 continue
             if pattern in seen_patterns and exp.get("enabled", True) is not False:
-                problems.append(f"{label}: index pattern {pattern!r} is already in experiment {seen_patterns[pattern]!r}")
+                problems.append(
+                    f"{label}: index pattern {pattern!r} is already in experiment {seen_patterns[pattern]!r}"
+                )
             seen_patterns.setdefault(pattern, str(name))
             rule = next(
                 (r for r in rules if isinstance(r.get("pattern"), str) and fnmatch.fnmatchcase(pattern, r["pattern"])),
@@ -168,7 +177,9 @@ def experiment_problems(data: Mapping) -> list[str]:
             if rule is None:
                 problems.append(f"{label}: index pattern {pattern!r} is not covered by any `indices` rule")
             elif rule.get("rerank") is False:
-                problems.append(f"{label}: index pattern {pattern!r} falls under rule {rule.get('pattern')!r}, which does not rerank")
+                problems.append(
+                    f"{label}: index pattern {pattern!r} falls under rule {rule.get('pattern')!r}, which does not rerank"
+                )
         for arm in exp.get("arms") or []:
             if isinstance(arm, Mapping) and isinstance(arm.get("model"), str) and arm["model"] not in models:
                 problems.append(f"{label}: arm {arm.get('name')!r}: model {arm['model']!r} is not under models")

@@ -8,8 +8,9 @@ batch is stored. Field names and types are UBI's event schema (1.x).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any
 
 from starlette.responses import Response
 
@@ -178,7 +179,10 @@ class EventsEndpoint:
             raise UpstreamUnavailableError(f"UBI events not stored: {exc.reason}") from None
         if errors:
             body = {
-                "acknowledged": False, "written": written, "failed": len(errors), "reasons": sorted(set(errors))[:10],
+                "acknowledged": False,
+                "written": written,
+                "failed": len(errors),
+                "reasons": sorted(set(errors))[:10],
                 "status": 503,
             }
             return json_response(body, 503)

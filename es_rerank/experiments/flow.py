@@ -14,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
+from collections.abc import Awaitable, Mapping
 from http.cookies import SimpleCookie
-from typing import Any, Awaitable, Mapping
+from typing import Any
 from urllib.parse import unquote
 
 from ..config import IndexSettings, Settings
@@ -88,7 +89,7 @@ class ExperimentFlow:
         self.metrics = metrics
         self._specs: dict[tuple[int, str], IndexSettings] = {}
 
-    def begin(self, headers, spec: IndexSettings, body: Any, target: str) -> "Trial | None":
+    def begin(self, headers, spec: IndexSettings, body: Any, target: str) -> Trial | None:
         """The search's trial, or None (no experiment, or no key and excluded). Raises
         :class:`~es_rerank.errors.BadRequestError` for a malformed ``ext.ubi`` or override."""
         if not self.experiments or not isinstance(body, dict) or not target:
@@ -158,7 +159,9 @@ class Trial:
         elif a.arm is not None:
             page, scored, timings = await scorer.rerank(plan, self.spec, data, started, upstream_ms, gone, claim)
         else:
-            page, teams, scored, timings = await self._interleaved(scorer, plan, data, started, upstream_ms, gone, claim)
+            page, teams, scored, timings = await self._interleaved(
+                scorer, plan, data, started, upstream_ms, gone, claim
+            )
         hits = page.get("hits", {}).get("hits", [])
         object_id_field = a.ubi.get("object_id_field")
         outcome = "bm25" if scored is None else str(scored.outcome)
@@ -193,7 +196,9 @@ class Trial:
         ranked = full["hits"]["hits"]
         # A partial score leaves the window's tail in first-stage order: still the same hits.
         k = min(plan.window, len(first), len(ranked))
-        served = serve(self.assignment, [_key(h) for h in first[:k]], [_key(h) for h in ranked[:k]], query_text=plan.query or "")
+        served = serve(
+            self.assignment, [_key(h) for h in first[:k]], [_key(h) for h in ranked[:k]], query_text=plan.query or ""
+        )
         by_key = {_key(h): h for h in ranked[:k]}
         ordered = [by_key[key] for key in served.order] + ranked[k:]
         teams = list(served.teams or []) + [""] * (len(ranked) - k)

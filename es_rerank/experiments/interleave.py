@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Hashable, Sequence, TypeVar
+from typing import TypeVar
 
 from .assign import Assignment
 
@@ -55,7 +56,7 @@ class Served:
     order: list
     teams: list[str] | None = None
 
-    def page(self, from_: int, size: int) -> "Served":
+    def page(self, from_: int, size: int) -> Served:
         end = from_ + size
         return Served(self.order[from_:end], None if self.teams is None else self.teams[from_:end])
 

@@ -15,7 +15,8 @@ import asyncio
 import base64
 import collections
 import logging
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ..bodies import dumps, loads_response
 from ..config import UpstreamSettings
@@ -50,7 +51,9 @@ class Recorder:
     """Writes UBI documents for the proxy; ``upstream`` is any object with the
     :class:`~es_rerank.upstream.Upstream` ``request`` coroutine."""
 
-    def __init__(self, upstream, settings: UbiSettings, metrics: Metrics, *, credentials: UpstreamSettings | None = None) -> None:
+    def __init__(
+        self, upstream, settings: UbiSettings, metrics: Metrics, *, credentials: UpstreamSettings | None = None
+    ) -> None:
         self.upstream = upstream
         self.credentials = credentials  # es-rerank's own, never a client's
         self.settings = settings
@@ -104,7 +107,7 @@ class Recorder:
             pass
         try:
             await asyncio.wait_for(self.flush(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         left: dict[str, int] = collections.Counter(index for index, _ in self._queue)
         self._queue.clear()
@@ -127,7 +130,7 @@ class Recorder:
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wake.clear()
             try:
@@ -149,12 +152,16 @@ class Recorder:
                 self._ready.add(name)
                 continue
             headers = self._auth()
-            answer = await self.upstream.request("HEAD", f"/{name}".encode(), headers=headers, timeout=self.settings.write_timeout)
+            answer = await self.upstream.request(
+                "HEAD", f"/{name}".encode(), headers=headers, timeout=self.settings.write_timeout
+            )
             if answer.status == 404:
                 answer = await self.upstream.request(
-                    "PUT", f"/{name}".encode(),
+                    "PUT",
+                    f"/{name}".encode(),
                     headers=[*headers, ("content-type", "application/json")],
-                    content=dumps(index_body(wanted[name])), timeout=self.settings.write_timeout,
+                    content=dumps(index_body(wanted[name])),
+                    timeout=self.settings.write_timeout,
                 )
                 if answer.status not in (200, 201) and b"resource_already_exists_exception" not in answer.content:
                     raise RerankError(f"cannot create index [{name}]: HTTP {answer.status} {answer.content[:200]!r}")
@@ -166,7 +173,9 @@ class Recorder:
     def _auth(self) -> list[tuple[str, str]]:
         return own_auth_headers(self.credentials) if self.credentials is not None else []
 
-    async def write_now(self, index: str, docs: list[dict[str, Any]], *, refresh: str | None = None) -> tuple[int, list[str]]:
+    async def write_now(
+        self, index: str, docs: list[dict[str, Any]], *, refresh: str | None = None
+    ) -> tuple[int, list[str]]:
         """Bulk-write ``docs`` to ``index`` now (the events endpoint): (written, errors).
         Raises :class:`RerankError` when OpenSearch cannot be reached."""
         await self.ensure_indices([index])
@@ -198,7 +207,12 @@ class Recorder:
         headers = [*self._auth(), ("content-type", "application/x-ndjson")]
         query = b"" if refresh is None else b"refresh=" + refresh.encode("ascii", "ignore")
         answer = await self.upstream.request(
-            "POST", b"/_bulk", query, headers=headers, content=b"\n".join(lines) + b"\n", decode=True,
+            "POST",
+            b"/_bulk",
+            query,
+            headers=headers,
+            content=b"\n".join(lines) + b"\n",
+            decode=True,
             timeout=self.settings.write_timeout,
         )
         if answer.status != 200:
@@ -212,7 +226,9 @@ class Recorder:
                     result = next(iter(item.values()), {})
                     if "error" in result:
                         err = result["error"]
-                        errors.append((index, f"{err.get('type')}: {err.get('reason')}" if isinstance(err, dict) else str(err)))
+                        errors.append(
+                            (index, f"{err.get('type')}: {err.get('reason')}" if isinstance(err, dict) else str(err))
+                        )
         written = collections.Counter(index for index, _ in batch)
         for index, _ in errors:
             written[index] -= 1
@@ -229,7 +245,9 @@ class Recorder:
             logger.warning(
                 "UBI recording: dropping documents for [%s] (%s: %s); searches are served as usual, "
                 "drops are counted in es_rerank_ubi_documents_total; logged once until writes succeed again",
-                index, why, detail,
+                index,
+                why,
+                detail,
             )
 
     def _ok(self) -> None:

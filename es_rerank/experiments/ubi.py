@@ -10,8 +10,9 @@ the order the client was served, after the rerank or the interleaving.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from .assign import Assignment
 
@@ -92,7 +93,7 @@ def index_body(mapping: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def hit_object_id(hit: Mapping[str, Any], object_id_field: str | None = None) -> str:

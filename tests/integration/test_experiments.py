@@ -22,7 +22,12 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 INDEX = "abx-data"
 QUERIES, EVENTS = "t-abx-ubi-queries", "t-abx-ubi-events"
-TEXTS = ["vitamin D deficiency risk", "cancer cells immune response", "protein folding disease", "blood pressure treatment"]
+TEXTS = [
+    "vitamin D deficiency risk",
+    "cancer cells immune response",
+    "protein folding disease",
+    "blood pressure treatment",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +38,12 @@ def direct(opensearch_url):
     client.indices.create(index=INDEX, body={"settings": {"number_of_shards": 1, "number_of_replicas": 0}})
     with gzip.open(ROOT / "demo" / "scifact" / "corpus.jsonl.gz", "rt", encoding="utf-8") as f:
         docs = [json.loads(line) for line in itertools.islice(f, 300)]
-    bulk(client, ({"_index": INDEX, "_id": d["_id"], "title": d["title"], "text": d["text"]} for d in docs), refresh=True)
-    client.indices.update_aliases(body={"actions": [{"add": {"index": INDEX, "alias": "abx-ab"}}, {"add": {"index": INDEX, "alias": "abx-il"}}]})
+    bulk(
+        client, ({"_index": INDEX, "_id": d["_id"], "title": d["title"], "text": d["text"]} for d in docs), refresh=True
+    )
+    client.indices.update_aliases(
+        body={"actions": [{"add": {"index": INDEX, "alias": "abx-ab"}}, {"add": {"index": INDEX, "alias": "abx-il"}}]}
+    )
     yield client
     for name in (INDEX, QUERIES, EVENTS):
         client.indices.delete(index=name, ignore_unavailable=True)
@@ -48,12 +57,18 @@ def _settings(opensearch_url, tiny_model_dir):
             "indices": [{"pattern": "abx-*", "model": "tiny", "window": 20}],
             "experiments": [
                 {
-                    "name": "ab1", "indices": ["abx-ab"], "mode": "ab", "salt": "t1",
+                    "name": "ab1",
+                    "indices": ["abx-ab"],
+                    "mode": "ab",
+                    "salt": "t1",
                     "keys": ["ubi.client_id", "header:x-user-id"],
                     "arms": [{"name": "bm25", "kind": "bm25"}, {"name": "rr", "kind": "rerank", "window": 15}],
                 },
                 {
-                    "name": "il1", "indices": ["abx-il"], "mode": "interleave", "salt": "t2",
+                    "name": "il1",
+                    "indices": ["abx-il"],
+                    "mode": "interleave",
+                    "salt": "t2",
                     "arms": [{"name": "bm25", "kind": "bm25"}, {"name": "rr", "kind": "rerank"}],
                 },
             ],
@@ -83,7 +98,11 @@ def via(proxy):
 def _metric(via: httpx.Client, outcome: str, index: str = QUERIES) -> float:
     text = via.get("/_rerank/metrics").text
     for line in text.splitlines():
-        if line.startswith("es_rerank_ubi_documents_total{") and f'index="{index}"' in line and f'outcome="{outcome}"' in line:
+        if (
+            line.startswith("es_rerank_ubi_documents_total{")
+            and f'index="{index}"' in line
+            and f'outcome="{outcome}"' in line
+        ):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 
@@ -136,7 +155,10 @@ def test_search_recorded_as_served_both_modes_across_pages(direct, via):
             body = r.json()
             assert r.headers["x-rerank-query-id"] == qid and body["ext"]["ubi"] == {"query_id": qid}
             arms.add((alias, r.headers["x-rerank-arm"]))
-            assert all("_rerank" not in h or alias != "abx-ab" or r.headers["x-rerank-arm"] == "rr" for h in body["hits"]["hits"])
+            assert all(
+                "_rerank" not in h or alias != "abx-ab" or r.headers["x-rerank-arm"] == "rr"
+                for h in body["hits"]["hits"]
+            )
             served[(qid, from_)] = [h["_id"] for h in body["hits"]["hits"]]
     recorded = _wait_recorded(direct, list(served))
     for key, ids in served.items():
@@ -164,7 +186,15 @@ def test_msearch_items_recorded_as_served(direct, via):
     for i, (alias, text) in enumerate(itertools.product(("abx-ab", "abx-il"), TEXTS)):
         qid = f"ms-{i}"
         qids.append(qid)
-        lines += [{"index": alias}, {"query": {"match": {"text": text}}, "from": 3 * (i % 2), "size": 4, "ext": {"ubi": {"client_id": f"m{i}", "query_id": qid}}}]
+        lines += [
+            {"index": alias},
+            {
+                "query": {"match": {"text": text}},
+                "from": 3 * (i % 2),
+                "size": 4,
+                "ext": {"ubi": {"client_id": f"m{i}", "query_id": qid}},
+            },
+        ]
     lines += [{"index": INDEX}, {"query": {"match": {"text": "cell"}}, "size": 3}]  # in no experiment
     payload = "".join(json.dumps(x) + "\n" for x in lines)
     r = via.post("/_msearch", content=payload, headers={"content-type": "application/x-ndjson"})
@@ -176,7 +206,9 @@ def test_msearch_items_recorded_as_served(direct, via):
     recorded = _wait_recorded(direct, [(qid, 3 * (i % 2)) for i, qid in enumerate(qids)])
     for i, qid in enumerate(qids):
         assert responses[i]["ext"]["ubi"]["query_id"] == qid
-        assert recorded[(qid, 3 * (i % 2))]["query_response_object_ids"] == [h["_id"] for h in responses[i]["hits"]["hits"]]
+        assert recorded[(qid, 3 * (i % 2))]["query_response_object_ids"] == [
+            h["_id"] for h in responses[i]["hits"]["hits"]
+        ]
 
 
 def test_forced_arm_header_and_bad_ubi(via):
@@ -186,17 +218,24 @@ def test_forced_arm_header_and_bad_ubi(via):
     assert r.status_code == 400 and "ext.ubi.client_id" in r.json()["error"]["reason"]
 
 
-def test_assignment_same_on_two_proxies_and_after_a_restart(direct, settings, serve_app, opensearch_url, tiny_model_dir):
+def test_assignment_same_on_two_proxies_and_after_a_restart(
+    direct, settings, serve_app, opensearch_url, tiny_model_dir
+):
     users = [f"user-{i}" for i in range(24)]
 
     def arms(url):
         with httpx.Client(base_url=url, timeout=60) as c:
             return [
-                c.post("/abx-ab/_search", json={"query": {"match": {"text": "cell"}}, "size": 2}, headers={"x-user-id": u}).headers["x-rerank-arm"]
+                c.post(
+                    "/abx-ab/_search", json={"query": {"match": {"text": "cell"}}, "size": 2}, headers={"x-user-id": u}
+                ).headers["x-rerank-arm"]
                 for u in users
             ]
 
-    with serve_app(create_app(settings)) as one, serve_app(create_app(_settings(opensearch_url, tiny_model_dir))) as two:
+    with (
+        serve_app(create_app(settings)) as one,
+        serve_app(create_app(_settings(opensearch_url, tiny_model_dir))) as two,
+    ):
         first, second = arms(one.url), arms(two.url)
     with serve_app(create_app(_settings(opensearch_url, tiny_model_dir))) as restarted:
         third = arms(restarted.url)
@@ -215,13 +254,23 @@ def test_unwritable_ubi_index_drops_counted_and_recording_resumes(direct, via):
     finally:
         direct.indices.put_settings(index=QUERIES, body={"index.blocks.read_only": None})
     r = _search(via, "abx-ab", TEXTS[1], user="after", query_id="after-block")
-    assert _wait_recorded(direct, [("after-block", 0)])[("after-block", 0)]["query_response_object_ids"] == [h["_id"] for h in r.json()["hits"]["hits"]]
+    assert _wait_recorded(direct, [("after-block", 0)])[("after-block", 0)]["query_response_object_ids"] == [
+        h["_id"] for h in r.json()["hits"]["hits"]
+    ]
 
 
 def test_events_endpoint_good_and_bad_batches(direct, via):
-    click = {"action_name": "click", "query_id": "q1", "client_id": "u1", "event_attributes": {"object": {"object_id": "d1"}, "position": {"ordinal": 1}}}
-    r = via.post("/_rerank/ubi/events?refresh=true", content=json.dumps(click) + "\n" + json.dumps({**click, "query_id": "q2"}) + "\n",
-                 headers={"content-type": "application/x-ndjson"})
+    click = {
+        "action_name": "click",
+        "query_id": "q1",
+        "client_id": "u1",
+        "event_attributes": {"object": {"object_id": "d1"}, "position": {"ordinal": 1}},
+    }
+    r = via.post(
+        "/_rerank/ubi/events?refresh=true",
+        content=json.dumps(click) + "\n" + json.dumps({**click, "query_id": "q2"}) + "\n",
+        headers={"content-type": "application/x-ndjson"},
+    )
     assert r.status_code == 200 and r.json() == {"acknowledged": True, "written": 2}
     count = direct.count(index=EVENTS)["count"]
     r = via.post("/_rerank/ubi/events?refresh=true", json=[click, {**click, "action_name": None}])
@@ -322,10 +371,17 @@ def test_recorder_through_a_node_briefly_down(direct, opensearch_url):
     async def scenario():
         metrics = Metrics()
         upstream = Upstream(UpstreamSettings(url=node.url, connect_timeout=1, timeout=5))
-        rec = Recorder(upstream, UbiSettings(queries_index=index, events_index=index + "-events", flush_interval_ms=20, write_timeout=2), metrics)
+        rec = Recorder(
+            upstream,
+            UbiSettings(queries_index=index, events_index=index + "-events", flush_interval_ms=20, write_timeout=2),
+            metrics,
+        )
         await rec.start()
-        count = lambda outcome: metrics.registry.get_sample_value(  # noqa: E731
-            "es_rerank_ubi_documents_total", {"index": index, "outcome": outcome}) or 0.0
+
+        def count(outcome):
+            labels = {"index": index, "outcome": outcome}
+            return metrics.registry.get_sample_value("es_rerank_ubi_documents_total", labels) or 0.0
+
         rec.record_query({"query_id": "before"})
         await rec.wait_written()
         node.down()

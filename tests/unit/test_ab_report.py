@@ -12,7 +12,13 @@ def _query(qid, user, arm, ids, *, ts, teams=None, from_=0, forced=False):
     attrs = {"experiment": "e", "arm": arm, "mode": "interleave" if teams else "ab", "from": from_, "forced": forced}
     if teams:
         attrs["teams"] = teams
-    return {"query_id": qid, "client_id": user, "timestamp": ts, "query_response_object_ids": ids, "query_attributes": attrs}
+    return {
+        "query_id": qid,
+        "client_id": user,
+        "timestamp": ts,
+        "query_response_object_ids": ids,
+        "query_attributes": attrs,
+    }
 
 
 def _click(qid, oid):
@@ -25,7 +31,13 @@ def test_impressions_join_pages_clicks_and_leave_out_forced():
         _query("q1", "u1", "rr", ["c", "d"], ts="2026-12-03T08:00:01Z", from_=2),
         _query("q2", "u2", "bm25", ["a"], ts=1764748800000, forced=True),
     ]
-    events = [_click("q1", "d"), _click("q1", "d"), _click("q1", "zz"), _click("nope", "a"), {"action_name": "hover", "query_id": "q1"}]
+    events = [
+        _click("q1", "d"),
+        _click("q1", "d"),
+        _click("q1", "zz"),
+        _click("nope", "a"),
+        {"action_name": "hover", "query_id": "q1"},
+    ]
     imps, skipped = impressions_from(queries, events)
     assert len(imps) == 1 and imps[0].clicks == [3] and imps[0].values(3)["ctr_at_k"] == 0.0
     assert imps[0].values(5) == {"ctr_at_k": 1.0, "clicks": 1.0, "rr": 0.25, "abandoned": 0.0}

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from es_rerank.errors import BadRequestError
-from es_rerank.experiments import ExperimentSettings, Experiments, bucket, serve, team_draft
+from es_rerank.experiments import Experiments, ExperimentSettings, bucket, serve, team_draft
 from es_rerank.experiments.assign import ubi_ext, without_ubi
 from es_rerank.experiments.interleave import interleave_seed
 
@@ -34,7 +34,9 @@ def test_split_over_10000_users_is_within_one_point():
 
 
 def test_three_arms_split():
-    arms = [{"name": n, "kind": k, "weight": w} for n, k, w in (("a", "bm25", 50), ("b", "rerank", 25), ("c", "rerank", 25))]
+    arms = [
+        {"name": n, "kind": k, "weight": w} for n, k, w in (("a", "bm25", 50), ("b", "rerank", 25), ("c", "rerank", 25))
+    ]
     exps = Experiments([_exp(arms=arms)])
     counts = collections.Counter(exps.assign("docs", {}, {}, {"client_id": f"c{i}"}).label for i in range(10_000))
     for name, share in (("a", 0.5), ("b", 0.25), ("c", 0.25)):
@@ -53,7 +55,11 @@ def test_assignment_is_the_same_in_other_processes():
     here = ",".join(f"{bucket('s1', f'user-{i}'):.17f}" for i in range(200))
     for seed in ("1", "2"):
         out = subprocess.run(
-            [sys.executable, "-c", _CHILD], capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": seed, "PATH": ""}
+            [sys.executable, "-c", _CHILD],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONHASHSEED": seed, "PATH": ""},
         ).stdout.strip()
         assert out == here
 
@@ -149,7 +155,9 @@ def test_serve_ab_and_interleave_pages_are_slices_of_one_list():
     assert serve(a, first, reranked).order == first
     r = exps.assign("docs", {"x-rerank-arm": "rr"}, {}, {"client_id": "u"})
     assert serve(r, first, reranked).order == reranked and serve(r, first, reranked).teams is None
-    il = Experiments([_exp(mode="interleave", arms=[{"name": "bm25", "kind": "bm25"}, {"name": "rr", "kind": "rerank"}])])
+    il = Experiments(
+        [_exp(mode="interleave", arms=[{"name": "bm25", "kind": "bm25"}, {"name": "rr", "kind": "rerank"}])]
+    )
     i1 = il.assign("docs", {}, {}, {"client_id": "u"})
     i2 = il.assign("docs", {}, {}, {"client_id": "u"})  # a new query id, same user and text
     whole = serve(i1, first, reranked, query_text="t")

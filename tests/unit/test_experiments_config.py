@@ -30,7 +30,10 @@ def test_good_experiment():
                     "name": "rr-vs-bm25",
                     "indices": ["docs"],
                     "salt": "2026-12",
-                    "arms": [{"name": "bm25", "kind": "bm25"}, {"name": "rr", "kind": "rerank", "model": "m2", "window": 20}],
+                    "arms": [
+                        {"name": "bm25", "kind": "bm25"},
+                        {"name": "rr", "kind": "rerank", "model": "m2", "window": 20},
+                    ],
                 }
             ],
             ubi={"queue_size": 100},

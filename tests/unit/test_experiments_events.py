@@ -26,7 +26,9 @@ def test_one_event_array_and_ndjson():
 
 
 def test_missing_timestamp_filled_and_numeric_object_id_made_a_string():
-    (event,) = parse_events(json.dumps({"action_name": "click", "event_attributes": {"object": {"object_id": 7}}}).encode(), max_events=1)
+    (event,) = parse_events(
+        json.dumps({"action_name": "click", "event_attributes": {"object": {"object_id": 7}}}).encode(), max_events=1
+    )
     assert event["timestamp"].endswith("Z") and event["event_attributes"]["object"]["object_id"] == "7"
 
 
@@ -34,7 +36,11 @@ def test_every_problem_named_and_the_error_is_opensearch_shaped():
     bad = [
         CLICK,
         {"action_name": "", "query_id": 5, "colour": "red"},
-        {"action_name": "click", "timestamp": "yesterday", "event_attributes": {"position": {"ordinal": -1}, "object": {"object_id": True}}},
+        {
+            "action_name": "click",
+            "timestamp": "yesterday",
+            "event_attributes": {"position": {"ordinal": -1}, "object": {"object_id": True}},
+        },
         "click",
     ]
     with pytest.raises(InvalidEventsError) as info:

@@ -35,9 +35,11 @@ class FakeOpenSearch:
             return UpstreamResponse(200, [], b'{"acknowledged":true}')
         lines = content.decode().strip().split("\n")
         items = []
-        for action, doc in zip(lines[::2], lines[1::2]):
+        for _action, doc in zip(lines[::2], lines[1::2]):
             if self.mode == "blocked":
-                items.append({"index": {"status": 403, "error": {"type": "cluster_block_exception", "reason": "blocked"}}})
+                items.append(
+                    {"index": {"status": 403, "error": {"type": "cluster_block_exception", "reason": "blocked"}}}
+                )
             else:
                 self.docs.append(json.loads(doc))
                 items.append({"index": {"status": 201}})
@@ -46,7 +48,10 @@ class FakeOpenSearch:
 
 
 def _count(metrics: Metrics, outcome: str) -> float:
-    return metrics.registry.get_sample_value("es_rerank_ubi_documents_total", {"index": "ubi_queries", "outcome": outcome}) or 0.0
+    return (
+        metrics.registry.get_sample_value("es_rerank_ubi_documents_total", {"index": "ubi_queries", "outcome": outcome})
+        or 0.0
+    )
 
 
 def test_queue_full_refused_down_and_resume(caplog):

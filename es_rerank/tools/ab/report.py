@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -93,7 +94,10 @@ def _truthy(value: Any) -> bool:
 
 
 def impressions_from(
-    queries: Iterable[Mapping[str, Any]], events: Iterable[Mapping[str, Any]], *, click_actions: Sequence[str] = ("click",)
+    queries: Iterable[Mapping[str, Any]],
+    events: Iterable[Mapping[str, Any]],
+    *,
+    click_actions: Sequence[str] = ("click",),
 ) -> tuple[list[Impression], dict[str, int]]:
     """Impressions (served pages joined per query id, clicks attached), oldest first, and counts
     of what was left out."""
@@ -110,7 +114,9 @@ def impressions_from(
         imp = by_id.get(qid)
         if imp is None:
             user = doc.get("client_id") or f"query:{qid}"
-            imp = by_id[qid] = Impression(qid, str(user), str(attrs.get("arm", "")), str(attrs.get("mode", "")), _ts(doc.get("timestamp")))
+            imp = by_id[qid] = Impression(
+                qid, str(user), str(attrs.get("arm", "")), str(attrs.get("mode", "")), _ts(doc.get("timestamp"))
+            )
         start = int(attrs.get("from", 0) or 0)
         teams = attrs.get("teams") or []
         for i, oid in enumerate(doc.get("query_response_object_ids") or []):
@@ -209,9 +215,9 @@ def _teams_of(imps: Sequence[Impression]) -> tuple[str, str]:
     return (names[0], names[1]) if names[0] == "bm25" or names[1] != "bm25" else (names[1], names[0])
 
 
-def _pref_stat(w, l, t, axis=-1):
-    total = np.sum(w, axis=axis) + np.sum(l, axis=axis) + np.sum(t, axis=axis)
-    return (np.sum(w, axis=axis) - np.sum(l, axis=axis)) / np.maximum(total, 1)
+def _pref_stat(wins, losses, ties, axis=-1):
+    total = np.sum(wins, axis=axis) + np.sum(losses, axis=axis) + np.sum(ties, axis=axis)
+    return (np.sum(wins, axis=axis) - np.sum(losses, axis=axis)) / np.maximum(total, 1)
 
 
 def interleave_report(imps: Sequence[Impression], *, n_resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
@@ -235,8 +241,15 @@ def interleave_report(imps: Sequence[Impression], *, n_resamples: int = 2000, se
     pref = (wins - losses) / max(wins + losses + ties, 1)
     ci = [float("nan"), float("nan")]
     if len(w) > 1:
-        boot = stats.bootstrap((w, lo_, t), _pref_stat, paired=True, vectorized=True, n_resamples=n_resamples,
-                               method="percentile", random_state=seed)
+        boot = stats.bootstrap(
+            (w, lo_, t),
+            _pref_stat,
+            paired=True,
+            vectorized=True,
+            n_resamples=n_resamples,
+            method="percentile",
+            random_state=seed,
+        )
         ci = [float(boot.confidence_interval[0]), float(boot.confidence_interval[1])]
     return {
         "mode": "interleave",
@@ -245,14 +258,24 @@ def interleave_report(imps: Sequence[Impression], *, n_resamples: int = 2000, se
         "users": len({i.user for i in imps}),
         "with_clicks": len(clicked),
         "per_query": {
-            "wins": wins, "losses": losses, "ties": ties,
+            "wins": wins,
+            "losses": losses,
+            "ties": ties,
             "p_value": float(stats.binomtest(wins, wins + losses, 0.5).pvalue) if wins + losses else float("nan"),
         },
         "per_user": {
-            "wins": user_wins, "losses": user_losses, "ties": len(w) - user_wins - user_losses,
-            "p_value": float(stats.binomtest(user_wins, user_wins + user_losses, 0.5).pvalue) if user_wins + user_losses else float("nan"),
+            "wins": user_wins,
+            "losses": user_losses,
+            "ties": len(w) - user_wins - user_losses,
+            "p_value": float(stats.binomtest(user_wins, user_wins + user_losses, 0.5).pvalue)
+            if user_wins + user_losses
+            else float("nan"),
         },
-        "preference": {"value": float(pref), "ci95": ci, "meaning": f"(wins - losses) / clicked impressions, + favours {teams[1]}"},
+        "preference": {
+            "value": float(pref),
+            "ci95": ci,
+            "meaning": f"(wins - losses) / clicked impressions, + favours {teams[1]}",
+        },
         "clicks_per_team": {name: sum(1 for i in clicked for x in i.click_teams if x == name) for name in teams},
     }
 
@@ -271,7 +294,12 @@ def _checkpoints(n: int, points: int = 200, start: int = 100) -> list[int]:
 
 
 def accumulate(
-    imps: Sequence[Impression], mode: str, *, metric: str = "rr", k: int = 5, baseline: str | None = None,
+    imps: Sequence[Impression],
+    mode: str,
+    *,
+    metric: str = "rr",
+    k: int = 5,
+    baseline: str | None = None,
     treatment: str | None = None,
 ) -> list[dict[str, float]]:
     """Effect, 95% interval and p-value on the first n impressions, for growing n
@@ -319,7 +347,15 @@ def accumulate(
             continue
         res = stats.ttest_ind(x, y, equal_var=False)
         ci = res.confidence_interval(0.95)
-        out.append({"n": n, "effect": float(x.mean() - y.mean()), "lo": float(ci.low), "hi": float(ci.high), "p": float(res.pvalue)})
+        out.append(
+            {
+                "n": n,
+                "effect": float(x.mean() - y.mean()),
+                "lo": float(ci.low),
+                "hi": float(ci.high),
+                "p": float(res.pvalue),
+            }
+        )
     return out
 
 
@@ -338,8 +374,14 @@ def first_below(points: Sequence[Mapping[str, float]], alpha: float, *, stay: bo
 
 
 def build_report(
-    imps: Sequence[Impression], skipped: Mapping[str, int], *, experiment: str, k: int = 5, metric: str = "rr",
-    n_resamples: int = 2000, seed: int = 0,
+    imps: Sequence[Impression],
+    skipped: Mapping[str, int],
+    *,
+    experiment: str,
+    k: int = 5,
+    metric: str = "rr",
+    n_resamples: int = 2000,
+    seed: int = 0,
 ) -> dict[str, Any]:
     if not imps:
         raise ReportError(f"no searches recorded for experiment [{experiment}] (in this time range)")
@@ -369,8 +411,15 @@ def build_report(
 
 
 def read_ubi(
-    opensearch_url: str, experiment: str, *, queries_index: str = "ubi_queries", events_index: str = "ubi_events",
-    since: str | None = None, until: str | None = None, auth: tuple[str, str] | None = None, verify: bool = True,
+    opensearch_url: str,
+    experiment: str,
+    *,
+    queries_index: str = "ubi_queries",
+    events_index: str = "ubi_events",
+    since: str | None = None,
+    until: str | None = None,
+    auth: tuple[str, str] | None = None,
+    verify: bool = True,
 ) -> tuple[list[dict], list[dict]]:
     """The experiment's ``ubi_queries`` documents and the click events from ``since`` on."""
     from opensearchpy import OpenSearch
@@ -386,9 +435,15 @@ def read_ubi(
     e_filter: list[dict] = [{"range": {"timestamp": {"gte": since, "format": fmt}}}] if since else []
     try:
         client.indices.refresh(index=f"{queries_index},{events_index}", ignore_unavailable=True)
-        queries = [h["_source"] for h in scan(client, index=queries_index, query={"query": {"bool": {"filter": q_filter}}}, size=2000)]
+        queries = [
+            h["_source"]
+            for h in scan(client, index=queries_index, query={"query": {"bool": {"filter": q_filter}}}, size=2000)
+        ]
         try:
-            events = [h["_source"] for h in scan(client, index=events_index, query={"query": {"bool": {"filter": e_filter}}}, size=2000)]
+            events = [
+                h["_source"]
+                for h in scan(client, index=events_index, query={"query": {"bool": {"filter": e_filter}}}, size=2000)
+            ]
         except NotFoundError:
             events = []
     except NotFoundError:
@@ -419,22 +474,32 @@ def format_report(report: Mapping[str, Any]) -> str:
         lines.append("| arm | searches | users | " + " | ".join(names) + " |")
         lines.append("|---|---|---|" + "---|" * len(names))
         for arm, row in sorted(report["arms"].items()):
-            lines.append(f"| {arm} | {row['searches']} | {row['users']} | " + " | ".join(_f(row[m]) for m in METRICS) + " |")
+            lines.append(
+                f"| {arm} | {row['searches']} | {row['users']} | " + " | ".join(_f(row[m]) for m in METRICS) + " |"
+            )
         for label, comp in report["comparisons"].items():
             lines.append("")
             lines.append(f"| {label} | difference | 95% CI (bootstrap over users) | p (Welch) |")
             lines.append("|---|---|---|---|")
             for m in METRICS:
                 c = comp[m]
-                lines.append(f"| {_LABELS[m].format(k=k)} | {c['difference']:+.4f} | [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] | {_p(c['p_value'])} |")
+                lines.append(
+                    f"| {_LABELS[m].format(k=k)} | {c['difference']:+.4f} | [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] | {_p(c['p_value'])} |"
+                )
     else:
         q, u, pref = report["per_query"], report["per_user"], report["preference"]
         a, b = report["teams"]["a"], report["teams"]["b"]
         lines.append(f"| interleaving ({b} vs {a}) | wins ({b}) | losses | ties | p (sign test) |")
         lines.append("|---|---|---|---|---|")
-        lines.append(f"| per query ({report['with_clicks']} with clicks) | {q['wins']} | {q['losses']} | {q['ties']} | {_p(q['p_value'])} |")
-        lines.append(f"| per user ({report['users']}) | {u['wins']} | {u['losses']} | {u['ties']} | {_p(u['p_value'])} |")
-        lines.append(f"preference {pref['value']:+.4f}, 95% CI [{pref['ci95'][0]:+.4f}, {pref['ci95'][1]:+.4f}] (bootstrap over users); clicks per team {report['clicks_per_team']}")
+        lines.append(
+            f"| per query ({report['with_clicks']} with clicks) | {q['wins']} | {q['losses']} | {q['ties']} | {_p(q['p_value'])} |"
+        )
+        lines.append(
+            f"| per user ({report['users']}) | {u['wins']} | {u['losses']} | {u['ties']} | {_p(u['p_value'])} |"
+        )
+        lines.append(
+            f"preference {pref['value']:+.4f}, 95% CI [{pref['ci95'][0]:+.4f}, {pref['ci95'][1]:+.4f}] (bootstrap over users); clicks per team {report['clicks_per_team']}"
+        )
     lines.append(
         f"impressions at which p first fell below 0.05: {report['impressions_first_p05'] or 'not reached'}; "
         f"below 0.05 for good from: {report['impressions_to_p05'] or 'not reached'}; "
@@ -490,15 +555,31 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Pa
 
 
 def report_command(
-    opensearch_url: str, experiment: str, *, since: str | None, until: str | None, out_dir: str | Path | None,
-    queries_index: str, events_index: str, k: int, metric: str, click_actions: Sequence[str] = ("click",),
+    opensearch_url: str,
+    experiment: str,
+    *,
+    since: str | None,
+    until: str | None,
+    out_dir: str | Path | None,
+    queries_index: str,
+    events_index: str,
+    k: int,
+    metric: str,
+    click_actions: Sequence[str] = ("click",),
     auth: tuple[str, str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Path]]:
     """Read, compute, write: the report and the files written."""
-    queries, events = read_ubi(opensearch_url, experiment, queries_index=queries_index, events_index=events_index,
-                               since=since, until=until, auth=auth)
+    queries, events = read_ubi(
+        opensearch_url,
+        experiment,
+        queries_index=queries_index,
+        events_index=events_index,
+        since=since,
+        until=until,
+        auth=auth,
+    )
     imps, skipped = impressions_from(queries, events, click_actions=click_actions)
     report = build_report(imps, skipped, experiment=experiment, k=k, metric=metric)
-    report["generated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    report["generated"] = datetime.now(UTC).isoformat(timespec="seconds")
     paths = write_report(report, out_dir) if out_dir is not None else {}
     return report, paths

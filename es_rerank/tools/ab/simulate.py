@@ -27,9 +27,10 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import httpx
 import numpy as np
@@ -37,7 +38,7 @@ import numpy as np
 from ...config import settings_from_dict
 from ...errors import RerankError
 from ..datasets import load_beir
-from .report import build_report, format_report, impressions_from, plot_curves, read_ubi, write_report
+from .report import build_report, impressions_from, plot_curves, read_ubi, write_report
 
 __all__ = ["ClickModel", "SimulationError", "simulate", "format_summary"]
 
@@ -74,7 +75,9 @@ def _rng(*parts: Any) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "big"))
 
 
-def _config(opensearch_url: str, model_dir: Path, index: str, window: int, run: str, seed: int, fields: Sequence[str]) -> dict:
+def _config(
+    opensearch_url: str, model_dir: Path, index: str, window: int, run: str, seed: int, fields: Sequence[str]
+) -> dict:
     arms = [{"name": "bm25", "kind": "bm25"}, {"name": "rerank", "kind": "rerank"}]
     return {
         "upstream": {"url": opensearch_url, "timeout": 120},
@@ -82,18 +85,40 @@ def _config(opensearch_url: str, model_dir: Path, index: str, window: int, run: 
         "models": {"sim": {"path": str(model_dir)}},
         "indices": [{"pattern": f"{index}-sim-*", "model": "sim", "window": window, "fields": list(fields)}],
         "experiments": [
-            {"name": f"sim-ab-{run}", "indices": [f"{index}-sim-ab"], "mode": "ab", "salt": f"ab-seed-{seed}",
-             "arms": [{**arms[0], "weight": 50}, {**arms[1], "weight": 50}]},
-            {"name": f"sim-il-{run}", "indices": [f"{index}-sim-il"], "mode": "interleave", "salt": f"il-seed-{seed}", "arms": arms},
+            {
+                "name": f"sim-ab-{run}",
+                "indices": [f"{index}-sim-ab"],
+                "mode": "ab",
+                "salt": f"ab-seed-{seed}",
+                "arms": [{**arms[0], "weight": 50}, {**arms[1], "weight": 50}],
+            },
+            {
+                "name": f"sim-il-{run}",
+                "indices": [f"{index}-sim-il"],
+                "mode": "interleave",
+                "salt": f"il-seed-{seed}",
+                "arms": arms,
+            },
         ],
         "ubi": {"flush_interval_ms": 100, "queue_size": 100_000},
     }
 
 
 async def _run_mode(
-    client: httpx.AsyncClient, alias: str, mode: str, *, queries: list[tuple[str, str]], qrels: Mapping[str, Mapping[str, int]],
-    users: list[str], impressions: int, page_size: int, clicks: ClickModel, seed: int, concurrency: int,
-    fields: Sequence[str], on_done: Callable[[], None],
+    client: httpx.AsyncClient,
+    alias: str,
+    mode: str,
+    *,
+    queries: list[tuple[str, str]],
+    qrels: Mapping[str, Mapping[str, int]],
+    users: list[str],
+    impressions: int,
+    page_size: int,
+    clicks: ClickModel,
+    seed: int,
+    concurrency: int,
+    fields: Sequence[str],
+    on_done: Callable[[], None],
 ) -> dict[str, int]:
     order = _rng(seed, mode, "order")
     plan = [(users[order.integers(len(users))], queries[order.integers(len(queries))]) for _ in range(impressions)]
@@ -116,8 +141,11 @@ async def _run_mode(
     async def worker() -> None:
         for i, (user, (qid, text)) in work:
             body = {
-                "query": {"multi_match": {"query": text, "fields": list(fields), "type": "best_fields", "tie_breaker": 0.5}},
-                "size": page_size, "_source": False,
+                "query": {
+                    "multi_match": {"query": text, "fields": list(fields), "type": "best_fields", "tie_breaker": 0.5}
+                },
+                "size": page_size,
+                "_source": False,
                 "ext": {"ubi": {"client_id": user, "user_query": text}},
             }
             r = await client.post(f"/{alias}/_search", json=body)
@@ -132,10 +160,18 @@ async def _run_mode(
             counts["searches"] += 1
             counts["clicks"] += len(ranks)
             for rank in ranks:
-                pending.append({
-                    "action_name": "click", "query_id": query_id, "client_id": user, "session_id": f"{user}-s",
-                    "event_attributes": {"object": {"object_id": ids[rank], "object_id_field": "_id"}, "position": {"ordinal": rank + 1}},
-                })
+                pending.append(
+                    {
+                        "action_name": "click",
+                        "query_id": query_id,
+                        "client_id": user,
+                        "session_id": f"{user}-s",
+                        "event_attributes": {
+                            "object": {"object_id": ids[rank], "object_id_field": "_id"},
+                            "position": {"ordinal": rank + 1},
+                        },
+                    }
+                )
             await flush()
             on_done()
 
@@ -145,10 +181,25 @@ async def _run_mode(
 
 
 async def simulate_async(
-    *, opensearch_url: str, model_dir: Path, queries_file: Path, qrels_file: Path, index: str = "scifact",
-    window: int = 20, users: int = 1000, impressions_ab: int = 16000, impressions_il: int = 6000, page_size: int = 10,
-    clicks: ClickModel = ClickModel(), seed: int = 1, concurrency: int = 4, fields: Sequence[str] = ("title", "text"),
-    k: int = 5, metric: str = "rr", out_dir: Path | None = None, progress: bool = True,
+    *,
+    opensearch_url: str,
+    model_dir: Path,
+    queries_file: Path,
+    qrels_file: Path,
+    index: str = "scifact",
+    window: int = 20,
+    users: int = 1000,
+    impressions_ab: int = 16000,
+    impressions_il: int = 6000,
+    page_size: int = 10,
+    clicks: ClickModel = ClickModel(),
+    seed: int = 1,
+    concurrency: int = 4,
+    fields: Sequence[str] = ("title", "text"),
+    k: int = 5,
+    metric: str = "rr",
+    out_dir: Path | None = None,
+    progress: bool = True,
     echo: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:
     from tqdm import tqdm
@@ -166,7 +217,9 @@ async def simulate_async(
         except httpx.TransportError as exc:
             raise SimulationError(f"cannot reach OpenSearch at {opensearch_url}: {exc}") from None
         if r.status_code != 200 or r.json().get("count", 0) == 0:
-            raise SimulationError(f"index [{index}] is missing or empty at {opensearch_url}: index the corpus first (es-rerank index)")
+            raise SimulationError(
+                f"index [{index}] is missing or empty at {opensearch_url}: index the corpus first (es-rerank index)"
+            )
         actions = [{"add": {"index": index, "alias": a}} for a in aliases.values()]
         r = await direct.post("/_aliases", json={"actions": actions})
         if r.status_code != 200:
@@ -178,16 +231,30 @@ async def simulate_async(
     counts = {}
     t0 = time.perf_counter()
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://es-rerank", timeout=900) as client:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://es-rerank", timeout=900
+        ) as client:
             for mode, n in (("ab", impressions_ab), ("interleave", impressions_il)):
                 bar = tqdm(total=n, desc=f"simulate {mode}", unit="search", disable=not progress, mininterval=2.0)
                 counts[mode] = await _run_mode(
-                    client, aliases[mode], mode, queries=queries, qrels=data.qrels, users=user_ids, impressions=n,
-                    page_size=page_size, clicks=clicks, seed=seed, concurrency=concurrency, fields=fields,
-                    on_done=lambda: bar.update(1),
+                    client,
+                    aliases[mode],
+                    mode,
+                    queries=queries,
+                    qrels=data.qrels,
+                    users=user_ids,
+                    impressions=n,
+                    page_size=page_size,
+                    clicks=clicks,
+                    seed=seed,
+                    concurrency=concurrency,
+                    fields=fields,
+                    on_done=lambda bar=bar: bar.update(1),
                 )
                 bar.close()
-                echo(f"{mode}: {counts[mode]['searches']} searches, {counts[mode]['clicks']} clicks, {counts[mode]['errors']} errors")
+                echo(
+                    f"{mode}: {counts[mode]['searches']} searches, {counts[mode]['clicks']} clicks, {counts[mode]['errors']} errors"
+                )
     finally:
         await app.recorder.stop(timeout=60)
         dropped = {k: v for k, v in _ubi_counts(app).items() if k != "written"}
@@ -203,17 +270,28 @@ async def simulate_async(
         if out_dir is not None:
             write_report(reports[mode], Path(out_dir) / mode)
     summary = {
-        "run": run, "index": index, "window": window, "users": users, "page_size": page_size, "seed": seed,
-        "click_model": clicks.__dict__, "seconds": round(seconds, 1), "searches": counts, "ubi_dropped": dropped,
+        "run": run,
+        "index": index,
+        "window": window,
+        "users": users,
+        "page_size": page_size,
+        "seed": seed,
+        "click_model": clicks.__dict__,
+        "seconds": round(seconds, 1),
+        "searches": counts,
+        "ubi_dropped": dropped,
         "modes": {m: _mode_summary(r) for m, r in reports.items()},
     }
     if out_dir is not None:
         out = Path(out_dir)
         (out / "simulation.json").write_text(json.dumps(summary, indent=2) + "\n")
         plot_curves(
-            {f"A/B: rerank - bm25, {reports['ab']['metric']}": reports["ab"]["curve"],
-             "interleaving: preference for rerank": reports["interleave"]["curve"]},
-            out / "simulation.png", title=f"{index}, window {window}: effect and 95% CI as impressions accumulate",
+            {
+                f"A/B: rerank - bm25, {reports['ab']['metric']}": reports["ab"]["curve"],
+                "interleaving: preference for rerank": reports["interleave"]["curve"],
+            },
+            out / "simulation.png",
+            title=f"{index}, window {window}: effect and 95% CI as impressions accumulate",
         )
     summary["reports"] = reports
     return summary
@@ -236,8 +314,13 @@ def _mode_summary(report: Mapping[str, Any]) -> dict[str, Any]:
     else:
         effect, ci, p = report["preference"]["value"], report["preference"]["ci95"], report["per_query"]["p_value"]
     return {
-        "impressions": report["impressions_total"], "metric": report["metric"], "effect": effect, "ci95": ci, "p_value": p,
-        "first_p05": report["impressions_first_p05"], "p05_for_good": report["impressions_to_p05"],
+        "impressions": report["impressions_total"],
+        "metric": report["metric"],
+        "effect": effect,
+        "ci95": ci,
+        "p_value": p,
+        "first_p05": report["impressions_first_p05"],
+        "p05_for_good": report["impressions_to_p05"],
         "p01_for_good": report["impressions_to_p01"],
     }
 
