@@ -15,7 +15,7 @@ import fnmatch
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -478,12 +478,12 @@ class Settings(_Strict):
 def _reference_problems(data: Mapping) -> list[str]:
     """Names that point nowhere (index -> model, default_model). Works on the raw
     mapping too, so it is reported even when other fields fail validation."""
-    models = data.get("models") if isinstance(data.get("models"), Mapping) else {}
+    models: Mapping[str, Any] = data["models"] if isinstance(data.get("models"), Mapping) else {}
     default = data.get("default_model")
     problems = []
     if isinstance(default, str) and default not in models:
         problems.append(f"default_model {default!r} is not under models")
-    indices = data.get("indices") if isinstance(data.get("indices"), list) else []
+    indices: list[Any] = data["indices"] if isinstance(data.get("indices"), list) else []
     for spec in indices:
         if not isinstance(spec, Mapping) or spec.get("rerank") is False:
             continue
@@ -497,11 +497,11 @@ def _reference_problems(data: Mapping) -> list[str]:
         fallback = spec.get("fallback_model")
         if isinstance(fallback, str) and fallback not in models:
             problems.append(f"index {pattern!r}: fallback_model {fallback!r} is not under models")
-    api = data.get("rerank_api") if isinstance(data.get("rerank_api"), Mapping) else {}
+    api: Mapping[str, Any] = data["rerank_api"] if isinstance(data.get("rerank_api"), Mapping) else {}
     for key in ("model", "fallback_model"):
         if isinstance(api.get(key), str) and api[key] not in models:
             problems.append(f"rerank_api.{key} {api[key]!r} is not under models")
-    aliases = api.get("aliases") if isinstance(api.get("aliases"), Mapping) else {}
+    aliases: Mapping[str, Any] = api["aliases"] if isinstance(api.get("aliases"), Mapping) else {}
     for alias, target in aliases.items():
         if isinstance(target, str) and target not in models:
             problems.append(f"rerank_api.aliases.{alias}: {target!r} is not under models")

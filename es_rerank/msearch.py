@@ -134,7 +134,7 @@ class MsearchFlow:
     def _plan(self, request: ClientRequest, line: MsearchItem, default_target: str | None) -> Planned:
         target = item_target(line.header, default_target)
         spec = self.settings.index_for(target) if target else None
-        if spec is None or line.body is None:
+        if target is None or spec is None or line.body is None:
             return None  # forwarded; OpenSearch answers it
         try:
             experiments = self.search.experiments  # A/B and interleaving: the arm's settings, ext.ubi recorded

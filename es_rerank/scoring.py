@@ -104,6 +104,13 @@ def degrade_steps(spec: IndexSettings, model: str) -> list[Step]:
     return steps
 
 
+def _model(plan: SearchPlan) -> str:
+    """The model of a plan to rerank (plans that pass through have none)."""
+    if plan.model is None:
+        raise ValueError("the search is not planned for reranking")
+    return plan.model
+
+
 class Scorer:
     """Runs the steps for one search under ``server``'s deadline; counts outcomes in ``metrics``."""
 
@@ -129,7 +136,7 @@ class Scorer:
         if not self.server.shed_overload:
             return False
         budget = SHED_AT * self.server.rerank_timeout
-        for step in degrade_steps(spec, plan.model):
+        for step in degrade_steps(spec, _model(plan)):
             wait = self.rerankers[step.model].queue_wait_s()
             if wait is None or wait <= budget:
                 return False
@@ -177,11 +184,12 @@ class Scorer:
 
         ``claim``: the client's turn (:meth:`claim`); when the client sends a newer
         search, this one stops and answers first-stage order (``superseded``)."""
+        model = _model(plan)
         if claim is not None and claim.is_superseded:
-            return Scored(None, Outcome.FALLBACK, Reason.SUPERSEDED, plan.model, plan.window)
+            return Scored(None, Outcome.FALLBACK, Reason.SUPERSEDED, model, plan.window)
         passages = [hit_text(h, spec.fields, spec.template) for h in window_hits(plan, data)]
         return await self.score_texts(
-            plan.query, passages, plan.model, spec, timings, client_gone, claim, window=plan.window
+            plan.query or "", passages, model, spec, timings, client_gone, claim, window=plan.window
         )
 
     async def score_texts(
@@ -198,7 +206,7 @@ class Scorer:
     ) -> Scored:
         """``passages``' scores on ``model`` through ``spec``'s degrade steps under the
         deadline, or None and why (a search's window, or the rerank API's documents)."""
-        window = len(passages) if window is None else window
+        scored_window = len(passages) if window is None else window
         t0 = time.perf_counter()
         timeout = self.server.rerank_timeout
         deadline = t0 + SHED_AT * timeout if self.server.shed_overload else None
@@ -210,12 +218,14 @@ class Scorer:
         gone = asyncio.ensure_future(client_gone) if client_gone is not None else None
 
         def first_stage(reason: Reason) -> Scored:
-            return Scored(None, Outcome.FALLBACK, reason, model, window)
+            return Scored(None, Outcome.FALLBACK, reason, model, scored_window)
 
         if claim is not None:
             claim.scoring()
         try:
-            waits = {scoring, *([gone] if gone is not None else []), *([claim.superseded] if claim is not None else [])}
+            waits: set[asyncio.Future[Any]] = {scoring}
+            waits.update([gone] if gone is not None else [])
+            waits.update([claim.superseded] if claim is not None else [])
             if len(waits) > 1:
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 if not scoring.done():
@@ -244,10 +254,10 @@ class Scorer:
             if claim is not None:
                 claim.scored()
         if len(scores) < len(passages):
-            reason, window = Reason.PARTIAL, len(scores)
+            reason, scored_window = Reason.PARTIAL, len(scores)
         else:
             reason = Reason.RERANKED if step.model == model else Reason.FALLBACK_MODEL
-        return Scored(scores, Outcome.RERANKED, reason, step.model, window)
+        return Scored(scores, Outcome.RERANKED, reason, step.model, scored_window)
 
     async def _steps(
         self,
@@ -290,8 +300,8 @@ async def score_passages(
 
     ``deadline`` (``time.perf_counter()``) lets the model refuse a call it cannot make in time."""
     budget_s = None if deadline is None else deadline - time.perf_counter()
-    kwargs = {"max_length": spec.max_tokens, "batch_size": spec.batch_size, "stats": stats}
-    admission = {"budget_s": budget_s, "partial": partial, "admit_idle": admit_idle}
+    kwargs: dict[str, Any] = {"max_length": spec.max_tokens, "batch_size": spec.batch_size, "stats": stats}
+    admission: dict[str, Any] = {"budget_s": budget_s, "partial": partial, "admit_idle": admit_idle}
     if spec.chunking.mode == "truncate":
         return await reranker.ascore(query, passages, **kwargs, **admission)
     max_length = spec.max_tokens or int(reranker.info()["max_length"])

@@ -172,7 +172,7 @@ class SearchFlow:
             ("x-rerank-model", scored.model),
             ("x-rerank-provider", str(self.rerankers[scored.model].info().get("provider", ""))),
             ("x-rerank-window", str(scored.window)),
-            *timings.headers(),
+            *(timings.headers() if timings is not None else ()),
             ("x-rerank-total-ms", f"{(time.perf_counter() - started) * 1000:.1f}"),
         ]
         content = dump_for(reranked, params)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -144,7 +144,7 @@ def experiment_problems(data: Mapping) -> list[str]:
         return []
     if not isinstance(experiments, list):
         return []  # pydantic says so
-    models = data.get("models") if isinstance(data.get("models"), Mapping) else {}
+    models: Mapping[str, Any] = data["models"] if isinstance(data.get("models"), Mapping) else {}
     rules = (
         [s for s in (data.get("indices") or []) if isinstance(s, Mapping)]
         if isinstance(data.get("indices"), list)

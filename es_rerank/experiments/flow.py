@@ -97,7 +97,7 @@ class ExperimentFlow:
         if self.experiments.for_index(target) is None:
             return None
         lookup = _Headers(headers)
-        assignment = self.experiments.assign(target, lookup, _Cookies(lookup), ubi_ext(body))
+        assignment = self.experiments.assign(target, lookup, _Cookies(lookup), ubi_ext(body))  # type: ignore[arg-type]  # a case-insensitive lookup, not a Mapping
         if assignment is None:
             return None
         return Trial(self, assignment, self._arm_spec(spec, assignment), without_ubi(body), target)
@@ -111,7 +111,7 @@ class ExperimentFlow:
         found = self._specs.get(key)
         if found is None:
             window = arm.window or spec.window
-            update = {"window": window, "max_window": max(spec.max_window, window)}
+            update: dict[str, Any] = {"window": window, "max_window": max(spec.max_window, window)}
             if arm.model is not None:
                 update["model"] = arm.model
             found = self._specs[key] = spec.model_copy(update=update)
@@ -154,8 +154,9 @@ class Trial:
             proxy_ms = int(round((time.perf_counter() - started) * 1000 - upstream_ms))
             page = rebuild_response(plan, data, None, proxy_ms=proxy_ms, expose_first_stage=False)
             scored = timings = None
-            if hasattr(gone, "close"):
-                gone.close()  # nothing to cancel: no model runs for this arm
+            close = getattr(gone, "close", None)
+            if close is not None:
+                close()  # nothing to cancel: no model runs for this arm
         elif a.arm is not None:
             page, scored, timings = await scorer.rerank(plan, self.spec, data, started, upstream_ms, gone, claim)
         else:

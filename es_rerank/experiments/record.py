@@ -223,7 +223,7 @@ class Recorder:
             errors = []
             if data.get("errors"):
                 for (index, _), item in zip(batch, data.get("items", [])):
-                    result = next(iter(item.values()), {})
+                    result: dict[str, Any] = next(iter(item.values()), {})
                     if "error" in result:
                         err = result["error"]
                         errors.append(

@@ -389,6 +389,8 @@ class OnnxReranker:
         """
         from .modeldir import read_model_config
 
+        if settings.path is None:
+            raise ModelError(f"model {name!r} has no path: a remote model is served by RemoteReranker")
         given = settings.model_fields_set
         found = read_model_config(settings.path)
         onnx_file, tokenizer_file = settings.onnx_file, settings.tokenizer_file
@@ -644,10 +646,13 @@ class OnnxReranker:
         )
         self._arriving(+1)
         try:
-            call, future = await loop.run_in_executor(self._prepare_pool, prepare)
+            prepared = await loop.run_in_executor(self._prepare_pool, prepare)
         except BaseException:
             self._abandon(ticket)
             raise
+        if prepared is None:  # only when the caller had already left
+            raise asyncio.CancelledError
+        call, future = prepared
         if future is not None:
             await asyncio.wrap_future(future)  # cancelling this cancels the job's future
         return self._finish(call)

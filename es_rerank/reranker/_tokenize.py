@@ -232,7 +232,8 @@ class PairTokenizer:
                 layout = self._layout(tokenizer, query_encoding, max_length)
                 if layout is not None:
                     return [layout.pair(ids) for ids in self._passage_ids(passages, max_length, digests)]
-            return self._encode(tokenizer, [(query, passage) for passage in passages])
+            encoded: list[Encoded] = list(self._encode(tokenizer, [(query, passage) for passage in passages]))
+            return encoded
         except Exception as exc:
             raise ModelError(f"cannot tokenize with {self.path}: {exc}") from None
 

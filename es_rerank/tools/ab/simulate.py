@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import time
@@ -249,7 +250,7 @@ async def simulate_async(
                     seed=seed,
                     concurrency=concurrency,
                     fields=fields,
-                    on_done=lambda bar=bar: bar.update(1),
+                    on_done=functools.partial(bar.update, 1),
                 )
                 bar.close()
                 echo(
