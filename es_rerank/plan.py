@@ -115,6 +115,8 @@ def plan_search(
     """Decide and rewrite one ``_search`` on an index configured by ``spec``.
 
     Raises :class:`BadRequestError` for a malformed ``ext.rerank``.
+
+    Kept whole on purpose: the pass-through rules read top to bottom in the order they are checked, one ``if`` each.
     """
     params = list(params)
     if body is None:

@@ -160,7 +160,10 @@ def bench(
     plot_path: Path | None,
     json_path: Path | None,
 ) -> None:
-    """Measure the reranker on real pairs: throughput against peers and numpy, latency under concurrency, quality."""
+    """Measure the reranker on real pairs: throughput against peers and numpy, latency under concurrency, quality.
+
+    Long only in its options (one a line); the body is one call into :mod:`es_rerank.tools.bench`.
+    """
     k_values, clients = _ints(ks), _ints(concurrency)
     peers = list(peer_names) or (list(PEER_NAMES) if with_peers else [])
 

@@ -236,6 +236,8 @@ class OnnxReranker:
         clock: Callable[[], float] = time.perf_counter,
         wrap_session: Callable[[Any], Any] | None = None,
     ) -> None:
+        """Long on purpose: every engine option is checked in one place, then the session,
+        tokenizer, caches and batcher are built in the order they depend on each other."""
         if head not in ("auto", "single", "two"):
             raise ModelOptionError(f"head must be 'auto', 'single' or 'two', got {head!r}")
         if batch_size < 1:

@@ -192,6 +192,8 @@ def fuse_attention(model: Any, *, num_heads: int | None = None, mask_input: str 
     ``x``. The additive mask is replaced by the model's ``attention_mask`` input (1 keeps,
     0 masks), which is what these exports derive it from. ``num_heads`` is read from
     the graph's reshape when not given. A subgraph that does not match is left alone.
+
+    Long on purpose: one walk over the exporter's attention subgraph, matched node by node as the graph reads.
     """
     onnx = _import_onnx()
     from onnx import TensorProto, helper, numpy_helper

@@ -430,6 +430,8 @@ async def evaluate_async(
 
     ``concurrency`` searches are in flight at once (1: one request alone);
     ``on_query`` is called after each answered query (progress of a caller's own).
+
+    Long on purpose: the first stage, every K and the proxy's lifetime read as one run.
     """
     ks = parse_ks(ks)
     if concurrency < 1:
@@ -555,6 +557,7 @@ async def _run_k(
     concurrency: int = 1,
     on_query: Callable[[], None] | None = None,
 ) -> KResult:
+    """Long on purpose: one K's searches, their outcomes and the metrics, in the order they are taken."""
     from tqdm import tqdm
 
     first: dict[str, list[str]] = {}

@@ -214,7 +214,10 @@ async def plan_async(
     progress: bool = False,
     echo: Callable[[str], None] | None = None,
 ) -> PlanResult:
-    """:func:`plan` inside a running event loop."""
+    """:func:`plan` inside a running event loop.
+
+    Long on purpose: the grid's cells, the frontier and the chosen config read as one run.
+    """
     import time
 
     from tqdm import tqdm

@@ -121,6 +121,7 @@ async def _run_mode(
     fields: Sequence[str],
     on_done: Callable[[], None],
 ) -> dict[str, int]:
+    """Long on purpose: one mode's whole loop (proxy, users, clicks, events, report) reads in the order it runs."""
     order = _rng(seed, mode, "order")
     plan = [(users[order.integers(len(users))], queries[order.integers(len(queries))]) for _ in range(impressions)]
     pending: list[dict] = []
@@ -203,6 +204,7 @@ async def simulate_async(
     progress: bool = True,
     echo: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:
+    """Long on purpose: the simulation's set-up (index aliases, experiments config, proxy) and both modes, in the order they run."""
     from tqdm import tqdm
 
     from ...app import create_app

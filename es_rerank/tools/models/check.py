@@ -57,6 +57,8 @@ def check_model(
     model's, not a cache's. ``reference`` is another model
     directory (its own ONNX file and tokenizer) or an ONNX file (scored with this
     directory's tokenizer); its scores give ``max_abs_diff`` and ``same_order``.
+
+    Long on purpose: load, score, time and report one model directory, as ``model check`` prints it.
     """
     if repeats < 1:
         raise ModelError(f"repeats must be at least 1, got {repeats}")

@@ -84,6 +84,8 @@ def export_model(
     Runtime on the built-in pairs and must match PyTorch within ``atol``.
 
     Needs the ``export`` extra (torch, transformers), imported only here.
+
+    Long on purpose: the export's steps (load, trace, check against PyTorch, write) in order, each checked before the next.
     """
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     hf_config = _read_json(hf_dir / HF_CONFIG_FILE)

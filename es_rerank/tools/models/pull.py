@@ -125,6 +125,8 @@ def pull_model(
     ``onnx_file`` is a path in the repository; by default ``onnx/model.onnx``, then
     ``model.onnx``. It keeps its file name in ``out_dir`` (default
     ``models/<owner>--<name>``), beside its external-data file if it has one.
+
+    Long on purpose: the download's cases (ONNX file present, exported, tokenizer, card) in the order the Hub is asked.
     """
     hub = _import_hub()
     errors = _hub_errors()

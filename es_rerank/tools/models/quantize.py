@@ -57,6 +57,8 @@ def quantize_model(
     ``nodes_to_exclude`` and ``extra_options`` go to ONNX Runtime as they are. The result
     is scored against the source on CPU (``max_abs_diff``) and recorded with its options
     in ``es-rerank-model.json``.
+
+    Long on purpose: fusion, quantization and the accuracy check of one recipe, in order.
     """
     if mode != "dynamic":
         raise ModelError(f"quantisation mode {mode!r} is not supported (supported: dynamic)")
