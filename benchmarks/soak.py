@@ -20,7 +20,9 @@ The 10-minute run:
 
     python benchmarks/soak.py --opensearch-url http://127.0.0.1:9200 --minutes 10
 
-A quick check of the script itself: ``--minutes 1``.
+A quick check of the script itself: ``--minutes 1``. With the default caches the dev
+queries soon all meet the score cache (a site's steady state); ``--cache-size 0`` makes
+every reranked search cost the model its whole window (the admission rules' test).
 """
 
 from __future__ import annotations
@@ -276,6 +278,12 @@ def main() -> int:
     ap.add_argument(
         "--rerank-timeout", type=float, default=10.0, help="server.rerank_timeout (es-rerank's default: 10)"
     )
+    ap.add_argument(
+        "--cache-size",
+        type=int,
+        default=None,
+        help="the model's score and token caches (default: es-rerank's); 0: every search costs the model its window",
+    )
     ap.add_argument("--every", type=float, default=10.0, help="seconds between progress lines and RSS samples")
     ap.add_argument("--out", type=Path, default=Path("out/soak"))
     args = ap.parse_args()
@@ -286,8 +294,16 @@ def main() -> int:
     queries = _queries(args.queries, 10_000)
     port = _free_port()
     # The server's own defaults (start_proxy's 120 s is for benchmarks that measure the model alone).
+    model_settings = (
+        {} if args.cache_size is None else {"cache_size": args.cache_size, "token_cache_size": args.cache_size}
+    )
     proc = start_proxy(
-        args.opensearch_url, args.model, port, args.index, server={"rerank_timeout": args.rerank_timeout}
+        args.opensearch_url,
+        args.model,
+        port,
+        args.index,
+        server={"rerank_timeout": args.rerank_timeout},
+        model_settings=model_settings,
     )
     try:
         print(

@@ -33,8 +33,9 @@ class OptimizeResult:
 
 
 def _heads_and_hidden(md: _ModelDir, num_heads: int | None, hidden_size: int | None) -> tuple[int, int]:
-    """From the arguments, else the directory's config.json, else 0 (ORT reads them from the graph)."""
-    hf_config = _read_json(md.path / HF_CONFIG_FILE) or {}
+    """From the arguments, else the directory's config.json (or its hf/ checkpoint's), else 0
+    (ORT then guesses from the graph, and misses this export's attention)."""
+    hf_config = _read_json(md.path / HF_CONFIG_FILE) or _read_json(md.path / "hf" / HF_CONFIG_FILE) or {}
     heads = num_heads if num_heads is not None else hf_config.get("num_attention_heads", 0)
     hidden = hidden_size if hidden_size is not None else hf_config.get("hidden_size", 0)
     return int(heads or 0), int(hidden or 0)

@@ -61,8 +61,15 @@ def beir(tmp_path) -> Path:
     (root / "corpus.jsonl").write_text(
         "".join(json.dumps({"_id": k, "title": t, "text": x}) + "\n" for k, (t, x) in docs.items())
     )
-    queries = {"q1": "vitamin d and multiple sclerosis", "q2": "football transfers", "q3": "olive oil", "q4": "unjudged"}
-    (root / "queries-dev.jsonl").write_text("".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in queries.items()))
+    queries = {
+        "q1": "vitamin d and multiple sclerosis",
+        "q2": "football transfers",
+        "q3": "olive oil",
+        "q4": "unjudged",
+    }
+    (root / "queries-dev.jsonl").write_text(
+        "".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in queries.items())
+    )
     (root / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td4\t1\nq2\td2\t1\nq3\td3\t1\n")
     save_run({q: ["d5", "d3", "d2", "d4", "d1"] for q in queries}, root / "run.json")
     return root
@@ -147,10 +154,20 @@ def test_the_first_pass_script_runs_on_cpu(beir, model_dir, tmp_path):
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if " pass " in line]
-    assert [line.split(" warm-up ")[1].split()[0] for line in lines] == ["none", "none", "full", "full", "padded", "padded"]
+    assert [line.split(" warm-up ")[1].split()[0] for line in lines] == [
+        "none",
+        "none",
+        "full",
+        "full",
+        "padded",
+        "padded",
+    ]
     assert done.stdout.count("engine pass, cold token cache") == 3
     profiled = subprocess.run(
-        args + ["--warmup", "none", "--profile", "--profile-dir", str(tmp_path)], capture_output=True, text=True, timeout=300
+        args + ["--warmup", "none", "--profile", "--profile-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert profiled.returncode == 0, profiled.stderr
     assert "slowest runs of pass 1" in profiled.stdout and " ms; nodes " in profiled.stdout

@@ -871,3 +871,19 @@ def test_quantize_exported_bert_with_fusions_first(exported, tmp_path):
         got = scores_of(work, result.output.name, max_length=128)
         assert float(np.max(np.abs(got - reference))) == pytest.approx(result.max_abs_diff, abs=1e-6)
         assert result.max_abs_diff < 0.1 * float(np.max(np.abs(reference))) + 0.05
+
+
+def test_head_count_is_read_from_the_checkpoint_beside_the_onnx_file(tmp_path):
+    """A model folder whose Hugging Face checkpoint sits under hf/ (as the shared model
+    keeps it): without its head count the attention fusion is skipped, and the int8 file
+    runs its attention in fp32."""
+    from es_rerank.tools.models._common import _ModelDir
+    from es_rerank.tools.models.optimize import _heads_and_hidden
+
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({"num_attention_heads": 12, "hidden_size": 384}))
+    md = _ModelDir(path=tmp_path, onnx=tmp_path / "model.onnx", tokenizer=tmp_path / "tokenizer.json", config=None)
+    assert _heads_and_hidden(md, None, None) == (12, 384)
+    (tmp_path / "config.json").write_text(json.dumps({"num_attention_heads": 6, "hidden_size": 192}))
+    assert _heads_and_hidden(md, None, None) == (6, 192)  # the folder's own config wins
+    assert _heads_and_hidden(md, 4, 64) == (4, 64)  # and the arguments over both
