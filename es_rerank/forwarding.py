@@ -43,6 +43,9 @@ class ClientRequest:
     # Completes when the client disconnects (an awaitable made on demand).
     disconnected: Callable[[], Awaitable[None]] | None = None
     address: str | None = None  # the client's IP address (whose newest search wins: supersession)
+    # decoded_body's result by limit: the app checks the depth as the request comes in, the
+    # flow then reads the same body; a gzip body is inflated and scanned once, not twice.
+    _decoded: dict[int, bytes] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def header(self, name: str, default: str = "") -> str:
         name = name.lower()
@@ -63,12 +66,15 @@ class ClientRequest:
     def decoded_body(self, limit: int) -> bytes:
         """The body with its Content-Encoding undone; refused when it nests too deep
         (:class:`~es_rerank.errors.BodyTooDeepError`); :class:`UnreadableBody` when it does not decode."""
+        if limit in self._decoded:
+            return self._decoded[limit]
         encodings = self.header_list("content-encoding")
         content = decode_content(self.body, encodings, limit=limit) if encodings else self.body
         try:
             check_depth(content)
         except TooDeep as exc:
             raise BodyTooDeepError(str(exc)) from None
+        self._decoded[limit] = content
         return content
 
     def json_body(self, limit: int) -> tuple[Any, str | None]:
