@@ -66,6 +66,11 @@ def _ints(text: str) -> list[int]:
     type=click.Path(dir_okay=False, path_type=Path),
     help="write the first stage used as a JSON run",
 )
+@click.option(
+    "--fields",
+    default="title,text",
+    help="document fields joined into a passage (title: a short-passage set from the same first stage)",
+)
 @click.option("--ks", default="10,20,50,100", help="window sizes K")
 @click.option("--concurrency", default="1,4,16", help="concurrent clients")
 @click.option("--provider", default="cpu", help="ONNX Runtime provider: cpu, cuda or auto")
@@ -135,6 +140,7 @@ def bench(
     opensearch_url: str | None,
     index: str | None,
     save_run_file: Path | None,
+    fields: str,
     ks: str,
     concurrency: str,
     provider: str,
@@ -172,7 +178,13 @@ def bench(
 
     try:
         data = load_bench_data(
-            corpus_dir, split=split, run_file=run_file, opensearch_url=opensearch_url, index=index, k=max(k_values)
+            corpus_dir,
+            split=split,
+            run_file=run_file,
+            opensearch_url=opensearch_url,
+            index=index,
+            k=max(k_values),
+            fields=[f.strip() for f in fields.split(",") if f.strip()],
         )
         if save_run_file:
             say(f"first stage written to {save_run(data.candidates, save_run_file)}")

@@ -134,6 +134,9 @@ def test_the_command(beir, model_dir, tmp_path):
     assert "Where an engine's time goes" in result.output
     bad = CliRunner().invoke(bench, args + ["--cuda-option", "device_id"])
     assert bad.exit_code == 2 and "KEY=VALUE" in bad.output
+    titles = CliRunner().invoke(bench, args + ["--fields", "title", "--no-latency"])  # the short-passage set
+    assert titles.exit_code == 0, titles.output
+    assert 0 < json.loads(out.read_text())["mean_tokens"] < figures["mean_tokens"]
 
 
 def test_peers_without_their_libraries_say_what_to_install(beir, model_dir, monkeypatch):
