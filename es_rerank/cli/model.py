@@ -9,8 +9,16 @@ from typing import cast
 import click
 
 from ..errors import RerankError
-from ..reranker.quantize import INT8_RECIPE
-from ..tools.models import OPSET, check_model, export_model, optimize_model, pull_model, quantize_model
+from ..reranker.quantize import CALIBRATE_METHODS, INT8_RECIPE, STATIC_RECIPE
+from ..tools.models import (
+    OPSET,
+    check_model,
+    export_model,
+    optimize_model,
+    pull_model,
+    quantize_model,
+    quantize_static_model,
+)
 from ._common import _fail
 
 
@@ -140,9 +148,14 @@ def optimize_command(
 
 @model.command("quantize")
 @click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--mode", default="dynamic", type=click.Choice(["dynamic"]), help="quantisation method")
+@click.option(
+    "--mode",
+    default="dynamic",
+    type=click.Choice(["dynamic", "static"]),
+    help="dynamic: activation scales at run time; static: calibrated QDQ (needs --calibration-corpus)",
+)
 @click.option("--onnx-file", default=None, help="ONNX file to quantise [default: the directory's]")
-# The defaults are es-rerank's measured recipe (reranker.quantize.INT8_RECIPE).
+# The defaults are es-rerank's measured recipes (reranker.quantize.INT8_RECIPE, STATIC_RECIPE).
 @click.option(
     "--per-channel/--per-tensor",
     default=INT8_RECIPE["per_channel"],
@@ -156,15 +169,48 @@ def optimize_command(
     show_default=True,
     help="apply transformer fusions before quantising",
 )
-@click.option("--preprocess", is_flag=True, help="run ONNX Runtime's quant_pre_process first")
+@click.option("--preprocess", is_flag=True, help="dynamic: run ONNX Runtime's quant_pre_process first")
 @click.option(
     "--op-types",
-    default=",".join(cast("list[str]", INT8_RECIPE["op_types"])),
-    show_default=True,
-    help="comma-separated operator types to quantise; 'all' = every one ONNX Runtime can",
+    default=None,
+    help="comma-separated operator types to quantise; 'all' = every one ONNX Runtime can (dynamic) "
+    f"[default: {','.join(cast('list[str]', INT8_RECIPE['op_types']))} (dynamic), "
+    f"{','.join(cast('list[str]', STATIC_RECIPE['op_types']))} (static)]",
 )
-@click.option("--weight-type", default="qint8", type=click.Choice(["qint8", "quint8"]))
-@click.option("--output", default="model.int8.onnx", help="file name written in MODEL_DIR")
+@click.option("--weight-type", default="qint8", type=click.Choice(["qint8", "quint8"]), help="static: qint8 only")
+@click.option(
+    "--output", default=None, help="file name written in MODEL_DIR [default: model.int8.onnx, model.qdq.onnx (static)]"
+)
+@click.option(
+    "--calibration-corpus",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="static: BEIR folder whose pairs calibrate the activations (corpus.jsonl, queries-SPLIT.jsonl, qrels/SPLIT.tsv)",
+)
+@click.option(
+    "--calibration-split", default="train", help="static: the split whose queries calibrate (not one you evaluate on)"
+)
+@click.option(
+    "--calibration-pairs",
+    default=256,
+    type=click.IntRange(min=1),
+    help="static: pairs, each query's relevant documents and 3 others",
+)
+@click.option(
+    "--calibration-seed", default=0, type=int, help="static: seed of the queries' order and the other documents"
+)
+@click.option(
+    "--calibrate-method",
+    default=STATIC_RECIPE["calibrate_method"],
+    type=click.Choice(CALIBRATE_METHODS),
+    help="static: activation ranges as seen, a percentile, or by entropy",
+)
+@click.option(
+    "--dynamic-rest/--static-only",
+    default=STATIC_RECIPE["dynamic_rest"],
+    show_default=True,
+    help="static: quantise what QDQ leaves (fused Attention, MatMuls after GELU) dynamically, or keep it fp32",
+)
 def quantize_command(
     model_dir: Path,
     mode: str,
@@ -175,29 +221,58 @@ def quantize_command(
     preprocess: bool,
     op_types: str | None,
     weight_type: str,
-    output: str,
+    output: str | None,
+    calibration_corpus: Path | None,
+    calibration_split: str,
+    calibration_pairs: int,
+    calibration_seed: int,
+    calibrate_method: str,
+    dynamic_rest: bool,
 ) -> None:
-    """int8 quantisation for CPU: writes model.int8.onnx."""
+    """int8 quantisation for CPU: writes model.int8.onnx (dynamic) or model.qdq.onnx (static, calibrated)."""
     types = [t.strip() for t in op_types.split(",") if t.strip()] if op_types and op_types != "all" else None
+    if mode == "static":
+        if calibration_corpus is None:
+            raise click.UsageError(
+                "--mode static needs --calibration-corpus (a BEIR folder, e.g. ../shared/datasets/scifact)"
+            )
+        if preprocess or weight_type != "qint8" or op_types == "all":
+            raise click.UsageError("--preprocess, --weight-type quint8 and --op-types all are for --mode dynamic")
+    elif calibration_corpus is not None:
+        raise click.UsageError("--calibration-corpus is for --mode static")
     try:
-        result = quantize_model(
-            model_dir,
-            mode=mode,  # type: ignore[arg-type]  # click.Choice: one of the Literal's values
-            onnx_file=onnx_file,
-            per_channel=per_channel,
-            reduce_range=reduce_range,
-            fusions_first=fusions_first,
-            preprocess=preprocess,
-            op_types=types,
-            weight_type=weight_type,  # type: ignore[arg-type]  # click.Choice, as above
-            output=output,
-        )
+        if calibration_corpus is not None:
+            result = quantize_static_model(
+                model_dir, calibration_corpus, onnx_file=onnx_file, calibration_split=calibration_split,
+                calibration_pairs=calibration_pairs, seed=calibration_seed,
+                calibrate_method=calibrate_method,  # type: ignore[arg-type]  # click.Choice: a Literal's value
+                per_channel=per_channel, reduce_range=reduce_range, fusions_first=fusions_first, op_types=types,
+                dynamic_rest=dynamic_rest, output=output or "model.qdq.onnx",
+                progress=lambda message: click.echo(f"[quantize] {message}", err=True),
+            )  # fmt: skip
+        else:
+            result = quantize_model(
+                model_dir,
+                mode=mode,  # type: ignore[arg-type]  # click.Choice: one of the Literal's values
+                onnx_file=onnx_file,
+                per_channel=per_channel,
+                reduce_range=reduce_range,
+                fusions_first=fusions_first,
+                preprocess=preprocess,
+                op_types=types if op_types else cast("list[str]", INT8_RECIPE["op_types"]),
+                weight_type=weight_type,  # type: ignore[arg-type]  # click.Choice, as above
+                output=output or "model.int8.onnx",
+            )
     except RerankError as exc:
         _fail(exc)
     click.echo(
         f"wrote {result.output} ({_mb(result.source_bytes)} -> {_mb(result.output_bytes)}; "
         f"max |diff| {result.max_abs_diff:.3g} vs {result.source.name} on CPU)"
     )
+    if mode == "static":
+        calibration = result.options["calibration"]
+        ops = ", ".join(f"{k} {v}" for k, v in result.options["ops"].items())
+        click.echo(f"calibrated on {calibration['pairs']} pairs ({calibration['method']}); int8 nodes: {ops}")
 
 
 @model.command("check")

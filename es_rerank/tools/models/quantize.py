@@ -1,18 +1,19 @@
-"""int8 dynamic quantisation for CPU, with the engine's measured recipe (reranker.quantize)."""
+"""int8 quantisation for CPU: dynamic (the engine's measured recipe) or static with a calibration set (reranker.quantize)."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from ...errors import ModelError
 from ...reranker.optimize import fuse_model, save_model
-from ...reranker.quantize import quantize_dynamic_file
+from ...reranker.quantize import STATIC_RECIPE, CalibrateMethod, quantize_dynamic_file, quantize_static_int8
 from ._common import QuantMode, _compare, _import_onnx_tools, _open_model_dir, _record_variant
+from .calibration import calibration_batches
 from .optimize import _heads_and_hidden
 
 
@@ -61,7 +62,9 @@ def quantize_model(
     Long on purpose: fusion, quantization and the accuracy check of one recipe, in order.
     """
     if mode != "dynamic":
-        raise ModelError(f"quantisation mode {mode!r} is not supported (supported: dynamic)")
+        raise ModelError(
+            f"quantisation mode {mode!r} is not supported (supported: dynamic; static int8 is quantize_static_model)"
+        )
     md = _open_model_dir(model_dir, onnx_file)
     _import_onnx_tools(sympy=fusions_first or preprocess)
     options: dict[str, Any] = {
@@ -110,3 +113,75 @@ def quantize_model(
     diff = _compare(md, out_path, md.onnx)
     _record_variant(md, out_path, {"kind": "int8-" + mode, "from": md.onnx.name, **options})
     return QuantizeResult(md.path, md.onnx, out_path, options, md.onnx.stat().st_size, out_path.stat().st_size, diff)
+
+
+def quantize_static_model(
+    model_dir: Path,
+    calibration_corpus: str | Path,
+    *,
+    onnx_file: str | None = None,
+    calibration_split: str = "train",
+    calibration_pairs: int = 256,
+    batch_size: int = 16,
+    seed: int = 0,
+    calibrate_method: CalibrateMethod = "minmax",
+    per_channel: bool = True,
+    reduce_range: bool = False,
+    fusions_first: bool = True,
+    op_types: Sequence[str] | None = None,
+    dynamic_rest: bool = True,
+    output: str = "model.qdq.onnx",
+    progress: Callable[[str], None] | None = None,
+) -> QuantizeResult:
+    """Static int8 (QDQ) of a model directory's ONNX file, calibrated on a BEIR data set's pairs.
+
+    The calibration set is :func:`~.calibration.calibration_batches` (``calibration_pairs``
+    pairs of ``calibration_split``, relevant and other documents, tokenized and batched as
+    the engine does); the recipe is :func:`~es_rerank.reranker.quantize.quantize_static_int8`'s
+    (``op_types`` None: :data:`~es_rerank.reranker.quantize.STATIC_RECIPE`'s). The result is
+    scored against the source on CPU and recorded in ``es-rerank-model.json`` as
+    ``int8-static`` with its calibration. ``progress`` gets a line per step.
+    """
+    md = _open_model_dir(model_dir, onnx_file)
+    _import_onnx_tools(sympy=fusions_first)
+    note = progress or (lambda _message: None)
+    types = list(op_types) if op_types else list(cast("Sequence[str]", STATIC_RECIPE["op_types"]))
+    batches = calibration_batches(
+        md.path, calibration_corpus, split=calibration_split, pairs=calibration_pairs, batch_size=batch_size,
+        seed=seed, onnx_file=onnx_file,
+    )  # fmt: skip
+    rows = sum(len(next(iter(batch.values()))) for batch in batches)
+    note(f"calibration set: {rows} pairs of {calibration_split} from {calibration_corpus}, {len(batches)} batches")
+    heads = _heads_and_hidden(md, None, None)[0] if fusions_first else 0
+    out_path = md.path / output
+    with tempfile.TemporaryDirectory(prefix=".quantize-", dir=md.path) as tmp_name:
+        tmp_out = Path(tmp_name) / out_path.name
+        ops = quantize_static_int8(
+            md.onnx, tmp_out, batches, fuse=fusions_first, per_channel=per_channel, op_types=types,
+            num_heads=heads or None, calibrate_method=calibrate_method, reduce_range=reduce_range,
+            dynamic_rest=dynamic_rest, progress=progress,
+        )  # fmt: skip
+        os.replace(tmp_out, out_path)
+    note("scoring the check pairs against the source")
+    diff = _compare(md, out_path, md.onnx)
+    options: dict[str, Any] = {
+        "mode": "static",
+        "calibration": {
+            "corpus": str(calibration_corpus), "split": calibration_split, "pairs": rows, "batch_size": batch_size,
+            "seed": seed, "method": calibrate_method,
+        },
+        "per_channel": per_channel,
+        "reduce_range": reduce_range,
+        "fusions_first": fusions_first,
+        "op_types": types,
+        "dynamic_rest": dynamic_rest,
+        "ops": {k: v for k, v in sorted(ops.items()) if k in _QUANTISED_OPS},
+    }  # fmt: skip
+    _record_variant(md, out_path, {"kind": "int8-static", "from": md.onnx.name, **options})
+    return QuantizeResult(md.path, md.onnx, out_path, options, md.onnx.stat().st_size, out_path.stat().st_size, diff)
+
+
+# Operator types that say what a quantised file runs in int8 (recorded with the variant).
+_QUANTISED_OPS = frozenset(
+    {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QAttention", "MatMulInteger"}
+)
