@@ -84,6 +84,11 @@ def _ints(text: str) -> list[int]:
     help="padded tokens per model run [default: 1024 on CPU, 65536 on CUDA]",
 )
 @click.option(
+    "--sweep-batch-tokens",
+    default="",
+    help="comma-separated token budgets: one contender per ONNX file and budget (e.g. 256,512,1024,2048)",
+)
+@click.option(
     "--cuda-option",
     "cuda_option",
     multiple=True,
@@ -148,6 +153,7 @@ def bench(
     max_length: int,
     batch_size: int,
     max_batch_tokens: int | None,
+    sweep_batch_tokens: str,
     cuda_option: tuple[str, ...],
     allow_spinning: bool,
     batch_wait_ms: float,
@@ -196,6 +202,7 @@ def bench(
             max_length=max_length,
             batch_size=batch_size,
             max_batch_tokens=max_batch_tokens,
+            batch_token_sweep=tuple(_ints(sweep_batch_tokens)) if sweep_batch_tokens else (),
             allow_spinning=allow_spinning,
             cuda_options=_key_values(cuda_option),
             batch_wait_ms=batch_wait_ms,

@@ -413,7 +413,8 @@ class BenchOptions:
 
     Engine: ``onnx_files`` (each a contender), ``tokenizer_file``, ``provider`` (cpu, cuda,
     auto), ``threads`` (0: physical cores), ``max_length``, ``batch_size``,
-    ``max_batch_tokens`` (None: the engine's default), ``batch_wait_ms``, ``allow_spinning``,
+    ``max_batch_tokens`` (None: the engine's default), ``batch_token_sweep`` (one contender per
+    ONNX file and token budget: how the run size suits the passages' lengths), ``batch_wait_ms``, ``allow_spinning``,
     ``cuda_options``, ``token_cache_size``. Measurements: ``ks``, ``concurrency`` (clients per
     latency cell), ``throughput_queries``, ``queries_per_cell``, ``rounds``, ``peers`` (a subset
     of :data:`~es_rerank.tools.peers.PEER_NAMES`; ``hf_dir`` their checkpoint), ``throughput``,
@@ -427,6 +428,7 @@ class BenchOptions:
     max_length: int = 256
     batch_size: int = 32
     max_batch_tokens: int | None = None
+    batch_token_sweep: tuple[int, ...] = ()
     batch_wait_ms: float = 2.0
     allow_spinning: bool = False
     cuda_options: Mapping[str, str] | None = None
@@ -486,27 +488,26 @@ def run_bench(
     k_max = max(ks)
     engines: list[tuple[str, OnnxReranker]] = []
     try:
-        for name in onnx_files:
-            engines.append(
-                (
+        budgets: tuple[int | None, ...] = o.batch_token_sweep or (max_batch_tokens,)
+        for file in onnx_files:
+            for budget in budgets:
+                name = f"{file} @{budget} tokens" if o.batch_token_sweep else file
+                engine = OnnxReranker(
                     name,
-                    OnnxReranker(
-                        name,
-                        model_dir / name,
-                        model_dir / tokenizer_file,
-                        providers=[provider],
-                        max_length=max_length,
-                        batch_size=batch_size,
-                        intra_op_threads=threads,
-                        max_batch_tokens=max_batch_tokens,
-                        batch_wait_ms=batch_wait_ms,
-                        cache_size=0,
-                        token_cache_size=token_cache_size,
-                        allow_spinning=allow_spinning,
-                        cuda_options=cuda_options,
-                    ),
+                    model_dir / file,
+                    model_dir / tokenizer_file,
+                    providers=[provider],
+                    max_length=max_length,
+                    batch_size=batch_size,
+                    intra_op_threads=threads,
+                    max_batch_tokens=budget,
+                    batch_wait_ms=batch_wait_ms,
+                    cache_size=0,
+                    token_cache_size=token_cache_size,
+                    allow_spinning=allow_spinning,
+                    cuda_options=cuda_options,
                 )
-            )
+                engines.append((name, engine))
         first = engines[0][1]
         wanted = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}.get(provider.lower())
         if wanted and first.provider != wanted:

@@ -119,6 +119,17 @@ def test_a_whole_run_on_the_tiny_model(beir, model_dir):
     assert plot_bench(result, model_dir / "bench.png").stat().st_size > 0
 
 
+def test_a_token_budget_sweep_is_one_contender_per_file_and_budget(beir, model_dir):
+    data = load_bench_data(beir, run_file=beir / "run.json", k=5)
+    options = BenchOptions(batch_token_sweep=(16, 64), throughput_queries=2, latency=False, matmul_n=64)
+    result = run_bench(model_dir, data, options)
+    assert [t.label for t in result.throughput] == [
+        "es-rerank model.onnx @16 tokens",
+        "es-rerank model.onnx @64 tokens",
+    ]
+    assert [t.pairs for t in result.throughput] == [10, 10]
+
+
 def test_the_command(beir, model_dir, tmp_path):
     out = tmp_path / "figures.json"
     args = [
@@ -134,9 +145,13 @@ def test_the_command(beir, model_dir, tmp_path):
     assert "Where an engine's time goes" in result.output
     bad = CliRunner().invoke(bench, args + ["--cuda-option", "device_id"])
     assert bad.exit_code == 2 and "KEY=VALUE" in bad.output
-    titles = CliRunner().invoke(bench, args + ["--fields", "title", "--no-latency"])  # the short-passage set
+    titles = CliRunner().invoke(
+        bench, args + ["--fields", "title", "--no-latency", "--sweep-batch-tokens", "32,64"]
+    )  # the short-passage set
     assert titles.exit_code == 0, titles.output
-    assert 0 < json.loads(out.read_text())["mean_tokens"] < figures["mean_tokens"]
+    swept = json.loads(out.read_text())
+    assert 0 < swept["mean_tokens"] < figures["mean_tokens"]
+    assert [t["label"] for t in swept["throughput"]] == [f"es-rerank model.onnx @{n} tokens" for n in (32, 64)]
 
 
 def test_peers_without_their_libraries_say_what_to_install(beir, model_dir, monkeypatch):
