@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import click
 
 from ..config import Settings, check_model_files, load_settings
 from ..errors import ConfigError, RerankError
 
-__all__ = ["CONTEXT", "_fail", "load_checked_settings"]
+__all__ = ["CONTEXT", "_fail", "load_checked_settings", "judged_queries_options"]
+
+F = TypeVar("F", bound=Callable[..., object])
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "auto_envvar_prefix": "ES_RERANK"}
 
@@ -29,3 +32,28 @@ def load_checked_settings(path: Path) -> Settings:
     if problems:
         raise ConfigError("invalid configuration", problems)
     return settings
+
+
+def judged_queries_options(command: F) -> F:
+    """``--index``, ``--queries`` and ``--qrels``: what ``eval`` and ``plan`` measure on."""
+    for option in reversed(
+        (
+            click.option("--index", "index", required=True, metavar="NAME", help="index name"),
+            click.option(
+                "--queries",
+                "queries_file",
+                required=True,
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="BEIR queries.jsonl",
+            ),
+            click.option(
+                "--qrels",
+                "qrels_file",
+                required=True,
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="BEIR qrels .tsv (with header)",
+            ),
+        )
+    ):
+        command = option(command)
+    return command

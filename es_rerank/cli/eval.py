@@ -8,7 +8,7 @@ import click
 
 from ..errors import RerankError
 from ..tools.evaluation import format_table, run_eval
-from ._common import _fail, load_checked_settings
+from ._common import _fail, judged_queries_options, load_checked_settings
 
 
 @click.command("eval")
@@ -29,21 +29,7 @@ from ._common import _fail, load_checked_settings
     metavar="URL",
     help="OpenSearch URL for the first stage [default with --config: upstream.url]",
 )
-@click.option("--index", "index", required=True, metavar="NAME", help="index name")
-@click.option(
-    "--queries",
-    "queries_file",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="BEIR queries.jsonl",
-)
-@click.option(
-    "--qrels",
-    "qrels_file",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="BEIR qrels .tsv (with header)",
-)
+@judged_queries_options
 @click.option("--k", "ks", default="10,20,50,100", metavar="K,...", help="window sizes K to evaluate, comma-separated")
 @click.option(
     "--out",

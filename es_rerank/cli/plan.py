@@ -12,7 +12,7 @@ from ..errors import RerankError
 from ..tools.datasets import load_beir
 from ..tools.evaluation import parse_ks
 from ..tools.planning import config_block, format_plan_table, limit_queries, plan, write_plan_outputs
-from ._common import _fail, load_checked_settings
+from ._common import _fail, judged_queries_options, load_checked_settings
 
 
 @click.command("plan")
@@ -23,21 +23,7 @@ from ._common import _fail, load_checked_settings
     type=click.Path(dir_okay=False, path_type=Path),
     help="YAML config: upstream, the index's rule, the models",
 )
-@click.option("--index", "index", required=True, metavar="NAME", help="index name")
-@click.option(
-    "--queries",
-    "queries_file",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="BEIR queries.jsonl",
-)
-@click.option(
-    "--qrels",
-    "qrels_file",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="BEIR qrels .tsv (with header)",
-)
+@judged_queries_options
 @click.option(
     "--p95-ms",
     "budget",
