@@ -36,23 +36,12 @@ def load_checked_settings(path: Path) -> Settings:
 
 def judged_queries_options(command: F) -> F:
     """``--index``, ``--queries`` and ``--qrels``: what ``eval`` and ``plan`` measure on."""
+    beir_file = click.Path(dir_okay=False, path_type=Path)
     for option in reversed(
         (
             click.option("--index", "index", required=True, metavar="NAME", help="index name"),
-            click.option(
-                "--queries",
-                "queries_file",
-                required=True,
-                type=click.Path(dir_okay=False, path_type=Path),
-                help="BEIR queries.jsonl",
-            ),
-            click.option(
-                "--qrels",
-                "qrels_file",
-                required=True,
-                type=click.Path(dir_okay=False, path_type=Path),
-                help="BEIR qrels .tsv (with header)",
-            ),
+            click.option("--queries", "queries_file", required=True, type=beir_file, help="BEIR queries.jsonl"),
+            click.option("--qrels", "qrels_file", required=True, type=beir_file, help="BEIR qrels .tsv (with header)"),
         )
     ):
         command = option(command)
