@@ -1,4 +1,4 @@
-"""The pure rerank flow: plan_search, rebuild_response, window_hits, hit_text,
+"""The pure rerank flow: plan_search, rebuild_response, window_hits,
 on responses recorded from a real OpenSearch 2.19 (see fixtures/README.md)."""
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import pytest
 
 from es_rerank.config import IndexSettings
 from es_rerank.errors import BadRequestError, UnknownModelError
-from es_rerank.passages import field_values, hit_text
 from es_rerank.plan import DEFAULT_SIZE, SearchPlan, plan_search
 from es_rerank.rebuild import rebuild_response, window_hits
 
@@ -501,80 +500,3 @@ def test_scores_without_hits_raise():
     # one score for an empty answer returns normally instead of raising ValueError.
     with pytest.raises(ValueError):
         rebuild_response(mkplan(), recorded("no_hits"), np.array([1.0]))
-
-
-# --- passages: hit -> text ----------------------------------------------------
-
-
-def test_hit_text_from_fields():
-    hit = recorded("fields_no_source")["hits"]["hits"][0]
-    assert "_source" not in hit
-    assert hit_text(hit, ["title", "text"]) == "Heart attack care 1 Fast care after a heart attack saves heart muscle."
-
-
-def test_hit_text_from_source():
-    hit = recorded("match_agg_highlight")["hits"]["hits"][0]
-    assert "fields" not in hit
-    assert hit_text(hit, ["title", "text"]) == "Heart attack care 1 Fast care after a heart attack saves heart muscle."
-
-
-def test_fields_win_over_source_and_source_fills_the_rest():
-    hit = {"_source": {"title": "S title", "text": "S text"}, "fields": {"title": ["F title"]}}
-    assert hit_text(hit, ["title", "text"]) == "F title S text"
-
-
-def test_dotted_paths_arrays_and_numbers():
-    hit = recorded("fields_mixed")["hits"]["hits"][0]  # _source: {"meta": {...}}
-    assert hit_text(hit, ["meta.author"]) == "Grace Hopper"
-    assert field_values(hit, "meta.year") == ["2026"]
-    source_hit = recorded("match_agg_highlight")["hits"]["hits"][0]
-    assert field_values(source_hit, "tags") == ["cardio", "t2"]
-    assert hit_text(source_hit, ["tags", "category"]) == "cardio t2 cardio"
-    nested = {
-        "_source": {
-            "authors": [{"name": "A", "aff": {"n": "X"}}, {"name": "B"}, {"name": None}],
-            "chapters": [{"paras": ["p1", "p2"]}, {"paras": "p3"}],
-        }
-    }
-    assert field_values(nested, "authors.name") == ["A", "B"]
-    assert field_values(nested, "authors.aff.n") == ["X"]
-    assert field_values(nested, "chapters.paras") == ["p1", "p2", "p3"]
-    assert field_values(nested, "authors") == []  # objects are not text
-    assert field_values(nested, "authors.missing") == []
-
-
-def test_flat_field_values():
-    assert field_values({"fields": {"title": "scalar"}}, "title") == ["scalar"]
-    assert field_values({"fields": {"title": []}, "_source": {"title": "S"}}, "title") == []
-    assert field_values({}, "title") == []
-    assert field_values({"_source": None}, "title") == []
-
-
-def test_flat_dotted_key_in_source():
-    # {"meta.author": "Ada"} is a valid document that OpenSearch maps exactly like
-    # {"meta": {"author": "Ada"}}; the _source fallback only walks nested objects.
-    assert field_values({"_source": {"meta.author": "Ada"}}, "meta.author") == ["Ada"]
-
-
-def test_missing_fields_are_skipped_without_extra_spaces():
-    hit = {"_source": {"title": "T", "text": ""}}
-    assert hit_text(hit, ["missing", "title", "text", "other"]) == "T"
-    assert hit_text({}, ["title"]) == ""
-
-
-def test_template():
-    hit = recorded("fields_mixed")["hits"]["hits"][0]
-    assert hit_text(hit, ["title", "text"], "{title}. {text}") == (
-        "Heart attack care 5. Fast care after a heart attack saves heart muscle. Diet and exercise help the heart."
-    )
-    assert hit_text(hit, [], "{ title } by {meta.author} [{category}]") == (
-        "Heart attack care 5 by Grace Hopper [cardio]"
-    )
-
-
-def test_template_with_missing_fields():
-    hit = {"_source": {"title": "T", "tags": ["a", "b"]}}
-    assert hit_text(hit, ["title"], "{title} | {missing}") == "T | "
-    assert hit_text(hit, ["title"], "{missing}") == ""
-    assert hit_text(hit, ["title"], "{tags}: {title}") == "a b: T"
-    assert hit_text(hit, ["title"], "no placeholders") == "no placeholders"
