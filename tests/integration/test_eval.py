@@ -8,14 +8,13 @@ OpenSearch answers, that in-process and black-box agree, and the bad-input error
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from demoslice import index_demo_slice
 from opensearchpy import OpenSearch
-from opensearchpy.helpers import bulk
 
 from es_rerank import create_app, load_settings
 from es_rerank.cli.eval import eval_command
@@ -24,7 +23,6 @@ from es_rerank.tools.evaluation import default_first_stage_query, first_stage_bo
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "demo" / "scifact"
 INDEX = "rr-eval"
 N_QUERIES = 8
 N_DOCS = 300
@@ -44,38 +42,14 @@ def _cli(args: list[str]):
 def beir(opensearch_url, tmp_path_factory):
     """Queries, qrels (the first dev queries) and an index holding their relevant documents."""
     out = tmp_path_factory.mktemp("beir")
-    queries = [json.loads(line) for line in (DEMO / "queries-dev.jsonl").read_text().splitlines()[:N_QUERIES]]
-    wanted = {q["_id"] for q in queries}
-    rows = [line.split("\t") for line in (DEMO / "qrels-dev.tsv").read_text().splitlines()[1:]]
-    rows = [r for r in rows if r[0] in wanted]
-    relevant = {r[1] for r in rows}
-    (out / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
-    (out / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join("\t".join(r) + "\n" for r in rows))
-
-    docs = {}
-    with gzip.open(DEMO / "corpus.jsonl.gz", "rt", encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            doc = json.loads(line)
-            if i < N_DOCS or doc["_id"] in relevant:
-                docs[doc["_id"]] = doc
-            if i >= N_DOCS and relevant <= set(docs):
-                break
-    assert relevant <= set(docs)
     client = OpenSearch(opensearch_url, timeout=60)
-    if client.indices.exists(index=INDEX):
-        client.indices.delete(index=INDEX)
-    client.indices.create(index=INDEX, body=json.loads((ROOT / "mappings" / "scifact.json").read_text()))
-    bulk(
-        client,
-        ({"_index": INDEX, "_id": d["_id"], "title": d["title"], "text": d["text"]} for d in docs.values()),
-        refresh=True,
-    )
+    n_docs = index_demo_slice(client, INDEX, out, queries=N_QUERIES, docs=N_DOCS)
     yield {
         "dir": out,
         "queries": out / "queries.jsonl",
         "qrels": out / "qrels.tsv",
         "client": client,
-        "docs": len(docs),
+        "docs": n_docs,
     }
     client.indices.delete(index=INDEX, ignore_unavailable=True)
 

@@ -7,15 +7,14 @@ outputs, and the answer when nothing fits.
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
 import pytest
 import yaml
 from click.testing import CliRunner
+from demoslice import index_demo_slice
 from opensearchpy import OpenSearch
-from opensearchpy.helpers import bulk
 
 from es_rerank.cli import main
 from es_rerank.config import settings_from_dict
@@ -25,7 +24,6 @@ from es_rerank.tools.planning import PlanCell, best_within, pareto_frontier, pla
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "demo" / "scifact"
 INDEX = "rr-plan"
 N_QUERIES = 4
 N_DOCS = 120
@@ -36,30 +34,8 @@ def setup(opensearch_url, tiny_model_dir, tmp_path_factory):
     from tinymodel import build_tiny_model
 
     out = tmp_path_factory.mktemp("plan")
-    queries = [json.loads(line) for line in (DEMO / "queries-dev.jsonl").read_text().splitlines()[:N_QUERIES]]
-    wanted = {q["_id"] for q in queries}
-    rows = [line.split("\t") for line in (DEMO / "qrels-dev.tsv").read_text().splitlines()[1:]]
-    rows = [r for r in rows if r[0] in wanted]
-    relevant = {r[1] for r in rows}
-    (out / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
-    (out / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join("\t".join(r) + "\n" for r in rows))
-    docs = {}
-    with gzip.open(DEMO / "corpus.jsonl.gz", "rt", encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            doc = json.loads(line)
-            if i < N_DOCS or doc["_id"] in relevant:
-                docs[doc["_id"]] = doc
-            if i >= N_DOCS and relevant <= set(docs):
-                break
     client = OpenSearch(opensearch_url, timeout=60)
-    if client.indices.exists(index=INDEX):
-        client.indices.delete(index=INDEX)
-    client.indices.create(index=INDEX, body=json.loads((ROOT / "mappings" / "scifact.json").read_text()))
-    bulk(
-        client,
-        ({"_index": INDEX, "_id": d["_id"], "title": d["title"], "text": d["text"]} for d in docs.values()),
-        refresh=True,
-    )
+    index_demo_slice(client, INDEX, out, queries=N_QUERIES, docs=N_DOCS)
 
     other = build_tiny_model(out / "tiny-b", tokenizer_json=ROOT / "demo" / "model" / "tokenizer.json", seed=7)
     config = out / "es-rerank.yaml"
