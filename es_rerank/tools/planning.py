@@ -452,7 +452,7 @@ def plot_plan(result: PlanResult, path: str | Path) -> Path:
     ax.set_xlabel(f"rerank stage p95 (ms), {result.concurrency} concurrent")
     ax.set_ylabel("NDCG@10")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: never over a cell
     ax.set_title(f"[{result.index}] {result.queries} queries: NDCG@10 against p95", fontsize=10)
     fig.tight_layout()
     path = Path(path)
