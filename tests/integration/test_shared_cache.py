@@ -204,6 +204,7 @@ defaults
     retries 3
     option redispatch 1
     retry-on conn-failure empty-response response-timeout
+    option http-buffer-request
 frontend fe
     bind 127.0.0.1:{port}
     default_backend proxies
@@ -327,3 +328,78 @@ def test_two_proxies_share_scores_and_survive_one_killed(two_proxies, redis_serv
         assert answers == [200] * 40
         tail = client.post(f"{url}/rerank", json={"query": "cells", "texts": ["a cell", "a dog"]})
         assert tail.status_code == 200 and tail.headers["x-served-by"] == "p2"
+
+
+class CrashingProxy:
+    """A proxy that dies on every request: it reads the request's headers and drops the connection
+    (what HAProxy sees when an es-rerank process is killed while a request reaches it)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.got_headers = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            if data.startswith(b"POST"):
+                self.got_headers.set()
+            conn.close()
+
+
+def test_a_search_whose_body_arrives_late_is_retried_on_the_other_proxy(
+    tmp_path, opensearch_url, index_docs, serve_app
+):
+    """Under load a client's body can reach the balancer after its headers. HAProxy retries a
+    request on another server only when it holds the whole request, so the configuration the
+    README gives buffers the body first (``option http-buffer-request``); without it a search
+    sent to a proxy that dies is lost (seen as a flaky failure of the test above on a loaded host)."""
+    haproxy = shutil.which("haproxy")
+    if haproxy is None:
+        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+    dead = CrashingProxy()
+    settings = settings_from_dict({"upstream": {"url": opensearch_url}}, env={})
+    with serve_app(create_app(settings)) as live:
+        front = _free_port()
+        live_port = int(live.url.rsplit(":", 1)[1])
+        servers = f"    server dead 127.0.0.1:{dead.port}\n    server live 127.0.0.1:{live_port}"
+        cfg = tmp_path / "haproxy.cfg"
+        cfg.write_text(
+            HAPROXY_CFG.format(port=front, servers=servers)
+            .replace("balance roundrobin", "balance first")  # the dead proxy first, every time
+            .replace("    option httpchk GET /_rerank/health\n", "")  # not yet marked down
+        )
+        balancer = subprocess.Popen([haproxy, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            _wait(lambda: socket.socket().connect_ex(("127.0.0.1", front)) == 0, 30, "HAProxy listening")
+            body = json.dumps(SEARCH).encode()
+            with socket.create_connection(("127.0.0.1", front), timeout=60) as client:
+                client.sendall(
+                    f"POST /{INDEX}/_search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                )
+                # The body follows once the dead proxy has the headers, or after a bounded wait
+                # when the balancer holds them back (it waits for the body: what makes a retry possible).
+                dead.got_headers.wait(1.0)
+                client.sendall(body)
+                answer = b""
+                while chunk := client.recv(65536):
+                    answer += chunk
+        finally:
+            balancer.terminate()
+            balancer.wait(10)
+            dead.sock.close()
+    assert dead.got_headers.is_set()  # the search did reach the dying proxy first
+    status_line = answer.split(b"\r\n", 1)[0]
+    assert status_line == b"HTTP/1.1 200 OK", answer[:300]
+    assert b"x-served-by: live" in answer.lower()
