@@ -9,7 +9,8 @@ import click
 from ..blend import BLEND_METHODS
 from ..errors import RerankError
 from ..tools.blending import DEFAULT_WEIGHTS, format_report, run_blend, write_report
-from ..tools.datasets import EvalData, load_beir
+from ..tools.datasets import load_beir
+from ..tools.planning import limit_queries
 from ._common import _fail, load_checked_settings
 
 
@@ -18,13 +19,6 @@ def _floats(text: str) -> list[float]:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _first(data: EvalData, limit: int | None) -> EvalData:
-    if limit is None:
-        return data
-    queries = dict(list(data.queries.items())[:limit])
-    return EvalData(queries=queries, qrels={q: data.qrels[q] for q in queries}, unjudged=data.unjudged)
 
 
 @click.command("blend")
@@ -46,8 +40,15 @@ def _first(data: EvalData, limit: int | None) -> EvalData:
 @click.option(
     "--qrels", "qrels_file", required=True, type=click.Path(dir_okay=False, path_type=Path), help="its qrels .tsv"
 )
-@click.option("--limit", type=int, default=None, help="only the first N judged queries of the choosing split")
-@click.option("--report-limit", type=int, default=None, help="only the first N judged queries of the report split")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=None, help="only the first N judged queries of the choosing split"
+)
+@click.option(
+    "--report-limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="only the first N judged queries of the report split",
+)
 @click.option(
     "--report-queries",
     "report_queries",
@@ -102,9 +103,11 @@ def blend_command(
         settings = settings.model_copy(
             update={"server": settings.server.model_copy(update={"rerank_timeout": rerank_timeout})}
         )
-        choose = _first(load_beir(queries_file, qrels_file), limit)
+        choose = limit_queries(load_beir(queries_file, qrels_file), limit)
         report = (
-            _first(load_beir(report_queries, report_qrels), report_limit) if report_queries and report_qrels else None
+            limit_queries(load_beir(report_queries, report_qrels), report_limit)
+            if report_queries and report_qrels
+            else None
         )
         result = run_blend(
             settings, index, choose, k=k, report=report, methods=method_list, weights=_floats(weights),
