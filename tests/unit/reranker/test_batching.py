@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from samplepairs import PASSAGES as SAMPLE_PASSAGES
+from samplepairs import QUERY
 
 from es_rerank.reranker import OnnxReranker
 from es_rerank.reranker._onnx import cuda_warmup_batches
 from es_rerank.reranker._tokenize import iter_batches, padded_width, plan_batches
 
-QUERY = "vitamin d deficiency and the risk of multiple sclerosis"
-PASSAGES = [
-    "Football clubs spent record sums on transfers this summer.",
-    "Vitamin D deficiency raises the risk of multiple sclerosis in young adults.",
-    "",
-    "A long passage about cooking: " + "tomatoes garlic olive oil basil pasta " * 60,
-    "sclerosis",
-    "The weather was mild and the harvest good, the village said, year after year. " * 5,
-    "multiple sclerosis risk factors include smoking, obesity and low vitamin d",
-] + [f"passage number {i} about vitamin d and " + "words " * (i * 7) for i in range(25)]
+PASSAGES = SAMPLE_PASSAGES + [f"passage number {i} about vitamin d and " + "words " * (i * 7) for i in range(25)]
 
 
 @pytest.fixture(scope="module")

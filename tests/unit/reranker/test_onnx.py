@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from samplepairs import PASSAGES, QUERY
 
 from es_rerank.config import ModelSettings
 from es_rerank.errors import ModelError
@@ -32,17 +33,6 @@ TOKENIZER_JSON = Path(__file__).resolve().parents[3] / "demo" / "model" / "token
 needs_tokenizer = pytest.mark.skipif(
     not TOKENIZER_JSON.is_file(), reason=f"shared tokenizer not found at {TOKENIZER_JSON}"
 )
-
-QUERY = "vitamin d deficiency and the risk of multiple sclerosis"
-PASSAGES = [
-    "Football clubs spent record sums on transfers this summer.",
-    "Vitamin D deficiency raises the risk of multiple sclerosis in young adults.",
-    "",
-    "A long passage about cooking: " + "tomatoes garlic olive oil basil pasta " * 60,
-    "sclerosis",
-    "The weather was mild and the harvest good, the village said, year after year. " * 5,
-    "multiple sclerosis risk factors include smoking, obesity and low vitamin d",
-]
 
 
 def _load(model_dir: Path, **kw) -> OnnxReranker:
