@@ -210,18 +210,34 @@ frontend fe
     bind 127.0.0.1:{port}
     default_backend proxies
 backend proxies
-    balance roundrobin
-    option httpchk GET /_rerank/health
-    http-response set-header x-served-by %[srv_name]
+    balance {balance}
+{check}    http-response set-header x-served-by %[srv_name]
 {servers}
 """
 
 
-@pytest.fixture
-def two_proxies(tmp_path, opensearch_url, tiny_model_dir, redis_server, index_docs):
+@contextlib.contextmanager
+def _haproxy(tmp_path: Path, servers: str, *, balance: str = "roundrobin", health_check: bool = True):
+    """A real HAProxy with :data:`HAPROXY_CFG` in front of ``servers`` (its ``server`` lines);
+    yields its URL once it listens."""
     haproxy = shutil.which("haproxy")
     if haproxy is None:
         pytest.skip("haproxy is not installed (apt-get install haproxy)")
+    front = _free_port()
+    check = "    option httpchk GET /_rerank/health\n" if health_check else ""
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(HAPROXY_CFG.format(port=front, servers=servers, balance=balance, check=check))
+    balancer = subprocess.Popen([haproxy, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait(lambda: socket.create_connection(("127.0.0.1", front), timeout=1).close() is None, 30, "HAProxy")
+        yield f"http://127.0.0.1:{front}"
+    finally:
+        balancer.terminate()
+        balancer.wait(10)
+
+
+@pytest.fixture
+def two_proxies(tmp_path, opensearch_url, tiny_model_dir, redis_server, index_docs):
     config = tmp_path / "es-rerank.yaml"
     config.write_text(
         json.dumps(
@@ -235,52 +251,46 @@ def two_proxies(tmp_path, opensearch_url, tiny_model_dir, redis_server, index_do
         )
     )
     ports = [_free_port(), _free_port()]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    procs = {
-        f"p{i + 1}": subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "es_rerank.cli",
-                "--log-level",
-                "warning",
-                "serve",
-                "--config",
-                str(config),
-                "--port",
-                str(port),
-            ],
-            env=env,
-        )
-        for i, port in enumerate(ports)
-    }
-    front = _free_port()
     servers = "\n".join(f"    server p{i + 1} 127.0.0.1:{p} check inter 200 fall 1 rise 1" for i, p in enumerate(ports))
-    cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(HAPROXY_CFG.format(port=front, servers=servers))
-    balancer = subprocess.Popen([haproxy, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        for port in ports:
-            health = f"http://127.0.0.1:{port}/_rerank/health"
-            _wait(lambda health=health: httpx.get(health, timeout=2).status_code == 200, 120, "es-rerank serve")
-        url = f"http://127.0.0.1:{front}"
-        # Both servers up in HAProxy's eyes: two answers from two names.
-        _wait(
-            lambda: len({httpx.get(f"{url}/", timeout=5).headers.get("x-served-by") for _ in range(4)}) == 2,
-            30,
-            "both proxies checked up",
-        )
-        yield url, procs
-    finally:
-        balancer.terminate()
-        balancer.wait(10)
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+    with _haproxy(tmp_path, servers) as url:
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        procs = {
+            f"p{i + 1}": subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "es_rerank.cli",
+                    "--log-level",
+                    "warning",
+                    "serve",
+                    "--config",
+                    str(config),
+                    "--port",
+                    str(port),
+                ],
+                env=env,
+            )
+            for i, port in enumerate(ports)
+        }
+        try:
+            for port in ports:
+                health = f"http://127.0.0.1:{port}/_rerank/health"
+                _wait(lambda health=health: httpx.get(health, timeout=2).status_code == 200, 120, "es-rerank serve")
+            # Both servers up in HAProxy's eyes: two answers from two names.
+            _wait(
+                lambda: len({httpx.get(f"{url}/", timeout=5).headers.get("x-served-by") for _ in range(4)}) == 2,
+                30,
+                "both proxies checked up",
+            )
+            yield url, procs
+        finally:
+            for proc in procs.values():
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+                    try:
+                        proc.wait(20)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
 
 
 def test_two_proxies_share_scores_and_survive_one_killed(two_proxies, redis_server):
@@ -382,24 +392,11 @@ class CrashingProxy:
 def _balancer_in_front(tmp_path: Path, dead: CrashingProxy, live_url: str):
     """HAProxy with the README's settings, the dying proxy first (``balance first``) and no health
     check, so the search reaches it before anything marks it down; yields the balancer's URL."""
-    haproxy = shutil.which("haproxy")
-    if haproxy is None:
-        pytest.skip("haproxy is not installed (apt-get install haproxy)")
-    front = _free_port()
     servers = f"    server dead 127.0.0.1:{dead.port}\n    server live {live_url.split('//', 1)[1]}"
-    cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(
-        HAPROXY_CFG.format(port=front, servers=servers)
-        .replace("balance roundrobin", "balance first")
-        .replace("    option httpchk GET /_rerank/health\n", "")
-    )
-    balancer = subprocess.Popen([haproxy, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        _wait(lambda: socket.socket().connect_ex(("127.0.0.1", front)) == 0, 30, "HAProxy listening")
-        yield f"http://127.0.0.1:{front}"
+        with _haproxy(tmp_path, servers, balance="first", health_check=False) as url:
+            yield url
     finally:
-        balancer.terminate()
-        balancer.wait(10)
         dead.sock.close()
 
 
