@@ -15,6 +15,7 @@ from ..tools.models import (
     check_model,
     export_model,
     optimize_model,
+    prune_model,
     pull_model,
     quantize_model,
     quantize_static_model,
@@ -273,6 +274,74 @@ def quantize_command(
         calibration = result.options["calibration"]
         ops = ", ".join(f"{k} {v}" for k, v in result.options["ops"].items())
         click.echo(f"calibrated on {calibration['pairs']} pairs ({calibration['method']}); int8 nodes: {ops}")
+
+
+def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> int | list[int] | None:
+    """One count for every layer ("8") or one per layer ("10,11,10,8,6,5")."""
+    if value is None:
+        return None
+    try:
+        sizes = [int(part) for part in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a count or a comma-separated list of counts") from None
+    if any(size < 1 for size in sizes):
+        raise click.BadParameter(f"{value!r}: every layer keeps at least 1")
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
+@model.command("prune")
+@click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--onnx-file", default=None, help="ONNX file to prune [default: the directory's]")
+@click.option("--heads", callback=_sizes, help="attention heads each layer keeps: N for all, or N,N,... per layer")
+@click.option("--ffn", callback=_sizes, help="feed-forward neurons each layer keeps: N for all, or N,N,... per layer")
+@click.option(
+    "--calibration-corpus",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    required=True,
+    help="BEIR folder whose pairs rank the heads and neurons and refit each layer (corpus.jsonl, queries, qrels)",
+)
+@click.option(
+    "--calibration-split", default="train", help="the split whose queries calibrate (not one you evaluate on)"
+)
+@click.option(
+    "--calibration-pairs",
+    default=256,
+    type=click.IntRange(min=1),
+    help="pairs: each query's relevant documents and 3 others",
+)
+@click.option("--calibration-seed", default=0, type=int, help="seed of the queries' order and the other documents")
+@click.option("--output", default="model.pruned.onnx", help="file name written in MODEL_DIR")
+def prune_command(
+    model_dir: Path,
+    onnx_file: str | None,
+    heads: int | list[int] | None,
+    ffn: int | list[int] | None,
+    calibration_corpus: Path,
+    calibration_split: str,
+    calibration_pairs: int,
+    calibration_seed: int,
+    output: str,
+) -> None:
+    """Fewer attention heads and feed-forward neurons per layer; each layer refitted on calibration pairs.
+
+    Writes a fused fp32 file (model.pruned.onnx); `model quantize --onnx-file model.pruned.onnx`
+    makes its int8 copy. Check the result's NDCG with `es-rerank eval` before serving it.
+    """
+    if heads is None and ffn is None:
+        raise click.UsageError("give --heads, --ffn or both")
+    try:
+        result = prune_model(
+            model_dir, calibration_corpus, heads=heads, ffn=ffn, onnx_file=onnx_file,
+            calibration_split=calibration_split, calibration_pairs=calibration_pairs, seed=calibration_seed,
+            output=output, progress=lambda message: click.echo(f"[prune] {message}", err=True),
+        )  # fmt: skip
+    except RerankError as exc:
+        _fail(exc)
+    click.echo(
+        f"wrote {result.output} ({_mb(result.source_bytes)} -> {_mb(result.output_bytes)}; "
+        f"max |diff| {result.max_abs_diff:.3g} vs {result.source.name} on CPU)"
+    )
+    click.echo(f"heads per layer: {result.kept('attention')}; feed-forward neurons per layer: {result.kept('ffn')}")
 
 
 @model.command("check")
