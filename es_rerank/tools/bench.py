@@ -33,7 +33,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -149,12 +149,36 @@ class ModelShape:
     layers: int
     hidden: int
     intermediate: int
+    # A pruned file's per-layer attention width (heads x head size) and feed-forward width;
+    # empty: every layer is whole.
+    attention_widths: tuple[int, ...] = ()
+    ffn_widths: tuple[int, ...] = ()
 
     def flops(self, tokens: int) -> float:
         """Multiply-adds x 2 for one pair of ``tokens`` tokens: Q, K, V, output and the two FFN
         products per token, plus QK^T and attention x V (quadratic in ``tokens``)."""
-        h, i, n = self.hidden, self.intermediate, tokens
-        return float(self.layers * (2 * n * (4 * h * h + 2 * h * i) + 4 * n * n * h))
+        h, n = self.hidden, tokens
+        attention = self.attention_widths or (h,) * self.layers
+        ffn = self.ffn_widths or (self.intermediate,) * self.layers
+        return float(sum(2 * n * (4 * h * a + 2 * h * f) + 4 * n * n * a for a, f in zip(attention, ffn, strict=True)))
+
+    def of_file(self, onnx_path: str | Path) -> ModelShape:
+        """This shape with the layer widths a fused file really has (``model prune`` makes them
+        narrower), so a pruned file is credited with the work it does, not the whole model's."""
+        import onnx
+
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph
+        dims = {i.name: tuple(i.dims) for i in graph.initializer}
+        attention = tuple(
+            dims[n.input[1]][1] // 3
+            for n in graph.node
+            if n.op_type in ("Attention", "QAttention") and n.input[1] in dims
+        )
+        ffn = tuple(dims[n.input[1]][0] for n in graph.node if n.op_type == "BiasGelu" and n.input[1] in dims)
+        if len(attention) != self.layers or len(ffn) != self.layers:
+            return self  # not fused: the file is the whole model
+        whole = attention == (self.hidden,) * self.layers and ffn == (self.intermediate,) * self.layers
+        return self if whole else replace(self, attention_widths=attention, ffn_widths=ffn)
 
 
 def model_shape(model_dir: str | Path, onnx_path: str | Path | None = None) -> ModelShape:
@@ -516,6 +540,9 @@ def run_bench(
         t_qids = qids[:throughput_queries]
         lengths = [n for qid in t_qids for n in first.token_lengths(data.queries[qid], data.pairs_for(qid, k_max))]
         flops_total = pair_flops(shape, lengths)
+        file_flops = {
+            f"es-rerank {name}": pair_flops(shape.of_file(engine.onnx_path), lengths) for name, engine in engines
+        }
         result = BenchResult(
             provider=first.provider,
             threads=threads,
@@ -554,7 +581,7 @@ def run_bench(
                         c.close()
             result.numpy_flop_rate, result.numpy_best_flop_rate = np_rate, np_best
         for c in contenders:
-            rate = flops_total / c.seconds
+            rate = file_flops.get(c.label, flops_total) / c.seconds
             result.throughput.append(
                 ThroughputResult(
                     label=c.label,

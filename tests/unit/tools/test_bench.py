@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -44,6 +45,40 @@ def test_model_shape_from_config_or_graph(tmp_path, tiny_model_dir):
 @pytest.mark.skipif(not (REAL_MODEL / "model.onnx").is_file(), reason="shared model not present")
 def test_model_shape_read_off_the_real_graph():
     assert model_shape(Path("/nonexistent"), REAL_MODEL / "model.onnx") == ModelShape(6, 384, 1536)
+
+
+def _fused_layers(path: Path, attention: list[int], ffn: list[int], hidden: int = 8) -> Path:
+    """A graph with only what ModelShape.of_file reads: each layer's fused Attention weights
+    [hidden, 3 x width] and BiasGelu bias [width] (it is never run)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits, nodes, x = [], [], "x"
+    for layer, (a, f) in enumerate(zip(attention, ffn)):
+        inits += [
+            numpy_helper.from_array(np.zeros((hidden, 3 * a), np.float32), f"qkv{layer}"),
+            numpy_helper.from_array(np.zeros(f, np.float32), f"b{layer}"),
+        ]
+        nodes += [
+            helper.make_node("Attention", [x, f"qkv{layer}"], [f"a{layer}"], domain="com.microsoft", num_heads=1),
+            helper.make_node("BiasGelu", [f"a{layer}", f"b{layer}"], [f"g{layer}"], domain="com.microsoft"),
+        ]
+        x = f"g{layer}"
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("x", x)]
+    onnx.save(helper.make_model(helper.make_graph(nodes, "layers", io[:1], io[1:], inits)), str(path))
+    return path
+
+
+def test_a_pruned_file_is_credited_with_the_flops_it_does(tmp_path):
+    whole = ModelShape(layers=2, hidden=8, intermediate=32)
+    assert whole.of_file(_fused_layers(tmp_path / "whole.onnx", [8, 8], [32, 32])) == whole
+    pruned = whole.of_file(_fused_layers(tmp_path / "pruned.onnx", [4, 8], [16, 32]))
+    assert (pruned.attention_widths, pruned.ffn_widths) == ((4, 8), (16, 32))
+    n, h = 10, 8
+    first = 2 * n * (4 * h * 4 + 2 * h * 16) + 4 * n * n * 4  # Q, K, V and output 4 wide, FFN 16 wide
+    assert pruned.flops(n) == first + whole.flops(n) / 2
+    assert pruned.flops(n) < whole.flops(n)
+    assert whole.of_file(_fused_layers(tmp_path / "one.onnx", [4], [16])) == whole  # not this model's layers
 
 
 @pytest.fixture
