@@ -1,5 +1,5 @@
-"""Attention fusion, the optimised graph and the int8 recipe, on a small SDPA-style
-encoder built here and, when present, on the shared real model."""
+"""Attention fusion, the optimised graph and the int8 recipe, on the small SDPA-style
+encoder of tests/sdpaencoder.py and, when present, on the shared real model."""
 
 from __future__ import annotations
 
@@ -10,93 +10,13 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import TensorProto  # noqa: E402
+from sdpaencoder import HEADS, VOCAB, build_sdpa_encoder  # noqa: E402  # tests/ is on sys.path (conftest)
 
 from es_rerank.reranker.optimize import convert_fp16, fuse_attention, fused_operator_counts, optimize_onnx  # noqa: E402
 from es_rerank.reranker.quantize import INT8_RECIPE, quantize_int8  # noqa: E402
 
 REAL_MODEL = Path(__file__).resolve().parents[3].parent / "shared/models/scifact-minilm-l6-ce"
-
-HIDDEN, HEADS, VOCAB, FFN = 32, 4, 50, 64
-
-
-def build_sdpa_encoder(path: Path, *, layers: int = 2, seed: int = 0) -> Path:
-    """A BERT-like encoder whose attention is written as recent transformers exports write
-    it (scaled Q and K, Where(mask, 0, -inf), Softmax, IsNaN guard), one logit per row."""
-    rng = np.random.default_rng(seed)
-    inits: list = []
-    nodes: list = []
-
-    def const(name, value, dtype=np.float32):
-        inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
-        return name
-
-    def node(op, inputs, name, **attrs):
-        nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
-        return name
-
-    head_size = HIDDEN // HEADS
-    scale = head_size**-0.25
-    const("E", rng.standard_normal((VOCAB, HIDDEN)) * 0.5)
-    x = node("Gather", ["E", "input_ids"], "emb", axis=0)
-    m = node("Cast", ["attention_mask"], "mask_bool", to=TensorProto.BOOL)
-    m = node("Unsqueeze", [m, const("axes12", [1, 2], np.int64)], "mask4")
-    bias = node("Where", [m, const("zero", [0.0]), const("ninf", [-np.inf])], "mask_bias")
-    shape4 = const("shape4", [0, 0, HEADS, head_size], np.int64)
-    shape3 = const("shape3", [0, 0, HIDDEN], np.int64)
-    for layer in range(layers):
-        p = f"l{layer}_"
-
-        def proj(kind, perm, p=p, x=x):
-            w = const(p + kind + "_w", rng.standard_normal((HIDDEN, HIDDEN)) / np.sqrt(HIDDEN))
-            b = const(p + kind + "_b", rng.standard_normal(HIDDEN) * 0.1)
-            y = node("MatMul", [x, w], p + kind + "_mm")
-            y = node("Add", [b, y], p + kind + "_add")
-            y = node("Reshape", [y, shape4], p + kind + "_reshape")
-            return node("Transpose", [y], p + kind + "_t", perm=perm)
-
-        q = node("Mul", [proj("q", [0, 2, 1, 3]), const(p + "sq", scale)], p + "q_scaled")
-        k = node("Mul", [proj("k", [0, 2, 3, 1]), const(p + "sk", scale)], p + "k_scaled")
-        v = proj("v", [0, 2, 1, 3])
-        s = node("MatMul", [q, k], p + "scores")
-        s = node("Add", [s, bias], p + "masked")
-        a = node("Softmax", [s], p + "probs", axis=-1)
-        nan = node("IsNaN", [a], p + "isnan")
-        a = node("Where", [nan, const(p + "z", [0.0]), a], p + "probs_safe")
-        c = node("MatMul", [a, v], p + "context")
-        c = node("Transpose", [c], p + "context_t", perm=[0, 2, 1, 3])
-        c = node("Reshape", [c, shape3], p + "context_r")
-        wo = const(p + "wo", rng.standard_normal((HIDDEN, HIDDEN)) / np.sqrt(HIDDEN))
-        o = node("MatMul", [c, wo], p + "out")
-        o = node("Add", [o, x], p + "res")
-        x = node(
-            "LayerNormalization",
-            [o, const(p + "g", np.ones(HIDDEN)), const(p + "beta", np.zeros(HIDDEN))],
-            p + "ln",
-            axis=-1,
-        )
-        w1 = const(p + "w1", rng.standard_normal((HIDDEN, FFN)) / np.sqrt(HIDDEN))
-        w2 = const(p + "w2", rng.standard_normal((FFN, HIDDEN)) / np.sqrt(FFN))
-        h = node("MatMul", [x, w1], p + "ffn1")
-        h = node("Relu", [h], p + "relu")
-        h = node("MatMul", [h, w2], p + "ffn2")
-        x = node("Add", [h, x], p + "res2")
-    cls = node("Gather", [x, const("zero_i", 0, np.int64)], "cls", axis=1)
-    node("MatMul", [cls, const("head", rng.standard_normal((HIDDEN, 1)) / np.sqrt(HIDDEN))], "logits")
-    graph = helper.make_graph(
-        nodes,
-        "sdpa_encoder",
-        [
-            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
-            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"]),
-        ],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
 
 
 def _feeds(seed: int = 1, rows: int = 5, width: int = 12) -> dict[str, np.ndarray]:
