@@ -202,13 +202,14 @@ def prune_graph(
     model: Any,
     batches: Sequence[dict[str, np.ndarray]],
     *,
-    heads: Sequence[int] | None = None,
-    ffn: Sequence[int] | None = None,
+    heads: int | Sequence[int] | None = None,
+    ffn: int | Sequence[int] | None = None,
     ridge: float = 1e-3,
     progress: Callable[[str], None] | None = None,
 ) -> list[BlockReport]:
     """Prune a fused transformer graph (an ONNX ModelProto, changed in place) to ``heads``
-    attention heads and ``ffn`` feed-forward neurons per layer (None: keep them all)."""
+    attention heads and ``ffn`` feed-forward neurons per layer: one number for every layer
+    or one per layer (None: keep them all)."""
     onnx = _import_onnx_tools()
     from onnx import numpy_helper
 
@@ -217,9 +218,12 @@ def prune_graph(
     note = progress or (lambda _message: None)
     graph = model.graph
     blocks = find_blocks(graph)
-    targets = {"attention": heads, "ffn": ffn}
-    for kind, wanted in targets.items():
+    targets: dict[str, list[int] | None] = {}
+    for kind, sizes in (("attention", heads), ("ffn", ffn)):
         found = [b for b in blocks if b.kind == kind]
+        wanted = targets[kind] = (
+            [sizes] * len(found) if isinstance(sizes, int) else None if sizes is None else list(sizes)
+        )
         if wanted is None:
             continue
         if not found:
@@ -230,6 +234,9 @@ def prune_graph(
             if not 1 <= keep <= block.units:
                 raise ModelError(f"layer {block.layer} {kind}: cannot keep {keep} of {block.units}")
     inits = {i.name: i for i in graph.initializer}
+    # Recorded shapes of the tensors between the products go stale as they narrow; ONNX
+    # Runtime infers them again.
+    del graph.value_info[:]
 
     def get(name: str) -> np.ndarray:
         return numpy_helper.to_array(inits[name])
@@ -263,10 +270,6 @@ def prune_graph(
         put(block.in_weight, get(block.in_weight)[:, columns])
         if block.in_bias is not None:
             put(block.in_bias, get(block.in_bias)[columns])
-        stale = {block.signal, *block.node.output}
-        kept_info = [v for v in graph.value_info if v.name not in stale]
-        del graph.value_info[:]
-        graph.value_info.extend(kept_info)
         reports.append(BlockReport(block.kind, block.layer, keep, block.units, error))
         what = "heads" if block.kind == "attention" else "neurons"
         note(
@@ -274,12 +277,6 @@ def prune_graph(
         )
     onnx.checker.check_model(model)
     return reports
-
-
-def _per_layer(value: int | Sequence[int] | None, layers: int) -> list[int] | None:
-    if value is None or not isinstance(value, int):
-        return None if value is None else list(value)
-    return [value] * layers
 
 
 def prune_model(
@@ -315,8 +312,8 @@ def prune_model(
     if not any(node.op_type == "Attention" for node in model.graph.node):
         num_heads, hidden = _heads_and_hidden(md, None, None)
         model = fuse_model(md.onnx, model_type=model_type, num_heads=num_heads, hidden_size=hidden).model
-        note("fused the graph's attention")
-    layers = sum(node.op_type == "Attention" for node in model.graph.node)
+        fused = sum(node.op_type == "Attention" for node in model.graph.node)
+        note(f"fused the graph: {fused} attention layers" if fused else "the graph's attention did not fuse")
     batches = calibration_batches(
         md.path, calibration_corpus, split=calibration_split, pairs=calibration_pairs, batch_size=batch_size,
         seed=seed, onnx_file=onnx_file,
@@ -324,9 +321,7 @@ def prune_model(
     note(
         f"calibrating on {sum(len(b['input_ids']) for b in batches)} {calibration_split} pairs in {len(batches)} batches"
     )
-    reports = prune_graph(
-        model, batches, heads=_per_layer(heads, layers), ffn=_per_layer(ffn, layers), ridge=ridge, progress=note
-    )
+    reports = prune_graph(model, batches, heads=heads, ffn=ffn, ridge=ridge, progress=note)
     out_path = md.path / output
     with tempfile.TemporaryDirectory(prefix=".prune-", dir=md.path) as tmp_name:
         tmp_out = Path(tmp_name) / out_path.name

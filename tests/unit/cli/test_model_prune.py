@@ -104,7 +104,7 @@ def test_a_run_shows_progress_and_writes_model_pruned(model_dir, beir, extra, he
         result.stdout,
     )
     assert f"heads per layer: {heads}; feed-forward neurons per layer: {ffn}" in result.stdout
-    assert "[prune] fused the graph's attention" in result.stderr
+    assert "[prune] fused the graph: 2 attention layers" in result.stderr
     assert "[prune] calibrating on 8 train pairs in 1 batches" in result.stderr
     assert f"[prune] layer 1 attention: kept {heads[1]} of 4 heads, output refitted (" in result.stderr
     pruned_blocks = sum(h < 4 for h in heads) + sum(n < 64 for n in ffn)
