@@ -1,4 +1,4 @@
-"""``es-rerank model``: pull, export, optimize, quantize and check model directories."""
+"""``es-rerank model``: pull, export, optimize, quantize, prune and check model directories."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _mb(n: int) -> str:
 
 @click.group("model", context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 def model() -> None:
-    """Fetch, export, optimise, quantise and check cross-encoder model directories.
+    """Fetch, export, optimise, quantise, prune and check cross-encoder model directories.
 
     A model directory holds model.onnx (and variants), tokenizer.json and
     es-rerank-model.json; a config's models.<name>.path names one.
