@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
@@ -20,11 +21,42 @@ from ..tools.models import (
     quantize_model,
     quantize_static_model,
 )
-from ._common import _fail
+from ._common import F, _fail
 
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
+
+
+def _calibration_sampling(scope: str = "") -> Callable[[F], F]:
+    """--calibration-split/-pairs/-seed: how the calibration pairs are drawn (quantize --mode static, prune)."""
+
+    def decorate(command: F) -> F:
+        for option in reversed(
+            [
+                click.option(
+                    "--calibration-split",
+                    default="train",
+                    help=f"{scope}the split whose queries calibrate (not one you evaluate on)",
+                ),
+                click.option(
+                    "--calibration-pairs",
+                    default=256,
+                    type=click.IntRange(min=1),
+                    help=f"{scope}pairs, each query's relevant documents and 3 others",
+                ),
+                click.option(
+                    "--calibration-seed",
+                    default=0,
+                    type=int,
+                    help=f"{scope}seed of the queries' order and the other documents",
+                ),
+            ]
+        ):
+            command = option(command)
+        return command
+
+    return decorate
 
 
 @click.group("model", context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -188,18 +220,7 @@ def optimize_command(
     default=None,
     help="static: BEIR folder whose pairs calibrate the activations (corpus.jsonl, queries-SPLIT.jsonl, qrels/SPLIT.tsv)",
 )
-@click.option(
-    "--calibration-split", default="train", help="static: the split whose queries calibrate (not one you evaluate on)"
-)
-@click.option(
-    "--calibration-pairs",
-    default=256,
-    type=click.IntRange(min=1),
-    help="static: pairs, each query's relevant documents and 3 others",
-)
-@click.option(
-    "--calibration-seed", default=0, type=int, help="static: seed of the queries' order and the other documents"
-)
+@_calibration_sampling("static: ")
 @click.option(
     "--calibrate-method",
     default=STATIC_RECIPE["calibrate_method"],
@@ -300,16 +321,7 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> int
     required=True,
     help="BEIR folder whose pairs rank the heads and neurons and refit each layer (corpus.jsonl, queries, qrels)",
 )
-@click.option(
-    "--calibration-split", default="train", help="the split whose queries calibrate (not one you evaluate on)"
-)
-@click.option(
-    "--calibration-pairs",
-    default=256,
-    type=click.IntRange(min=1),
-    help="pairs: each query's relevant documents and 3 others",
-)
-@click.option("--calibration-seed", default=0, type=int, help="seed of the queries' order and the other documents")
+@_calibration_sampling()
 @click.option("--output", default="model.pruned.onnx", help="file name written in MODEL_DIR")
 def prune_command(
     model_dir: Path,
