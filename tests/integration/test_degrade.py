@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fakeclock import FakeClock  # tests/ is on sys.path (conftest)
 from opensearchpy import OpenSearch
 from opensearchpy.helpers import bulk
 
@@ -32,14 +33,6 @@ K = 8
 BUDGET = 54.0  # 90% of rerank_timeout 60: fake seconds for admission, and a real bound nobody reaches
 QUERIES = ["vitamin D deficiency", "cancer cells", "protein folding", "immune response",
            "gene expression", "blood pressure", "brain development", "bacterial infection"]  # fmt: skip
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class GatedSession:

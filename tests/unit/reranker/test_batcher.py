@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from fakeclock import FakeClock  # tests/ is on sys.path (conftest)
 
 from es_rerank.errors import ModelError, ModelOverloadedError
 from es_rerank.reranker import OnnxReranker, ScoreStats
@@ -76,16 +77,6 @@ def test_jobs_get_their_own_scores_in_their_own_order():
         assert sum(job.stats.pairs for job in jobs) == sum(len(job.encodings) for job in jobs)
     finally:
         batcher.close(ModelError("closed"))
-
-
-class FakeClock:
-    """Time that moves only when the fake model says a run took so long."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class TimedModel:
