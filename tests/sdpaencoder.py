@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer
 
-__all__ = ["build_sdpa_encoder", "build_sdpa_model_dir", "HIDDEN", "HEADS", "VOCAB", "FFN", "MS_DOMAIN"]
+__all__ = ["build_sdpa_encoder", "build_sdpa_model_dir", "sdpa_feeds", "HIDDEN", "HEADS", "VOCAB", "FFN", "MS_DOMAIN"]
 
 HIDDEN, HEADS, VOCAB, FFN = 32, 4, 50, 64
 MS_DOMAIN = "com.microsoft"
@@ -131,3 +131,15 @@ def build_sdpa_model_dir(
     if config:
         (out_dir / "config.json").write_text(json.dumps({"num_attention_heads": HEADS, "hidden_size": HIDDEN}))
     return out_dir
+
+
+def sdpa_feeds(seed: int = 1, rows: int = 5, width: int = 12) -> dict[str, np.ndarray]:
+    """Seeded random ids for the encoder, each row padded (mask 0, id 0) past a random length of 2 or more."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, VOCAB, size=(rows, width)).astype(np.int64)
+    mask = np.ones_like(ids)
+    for r in range(rows):
+        n = int(rng.integers(2, width + 1))
+        mask[r, n:] = 0
+        ids[r, n:] = 0
+    return {"input_ids": ids, "attention_mask": mask}

@@ -11,23 +11,13 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto  # noqa: E402
-from sdpaencoder import HEADS, VOCAB, build_sdpa_encoder  # noqa: E402  # tests/ is on sys.path (conftest)
+from sdpaencoder import HEADS, build_sdpa_encoder  # noqa: E402  # tests/ is on sys.path (conftest)
+from sdpaencoder import sdpa_feeds as _feeds  # noqa: E402  # test_quantize_static imports it from here
 
 from es_rerank.reranker.optimize import convert_fp16, fuse_attention, fused_operator_counts, optimize_onnx  # noqa: E402
 from es_rerank.reranker.quantize import INT8_RECIPE, quantize_int8  # noqa: E402
 
 REAL_MODEL = Path(__file__).resolve().parents[3].parent / "shared/models/scifact-minilm-l6-ce"
-
-
-def _feeds(seed: int = 1, rows: int = 5, width: int = 12) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(1, VOCAB, size=(rows, width)).astype(np.int64)
-    mask = np.ones_like(ids)
-    for r in range(rows):
-        n = int(rng.integers(2, width + 1))
-        mask[r, n:] = 0
-        ids[r, n:] = 0
-    return {"input_ids": ids, "attention_mask": mask}
 
 
 def _run(path: Path, feeds) -> np.ndarray:

@@ -13,7 +13,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from onnx import helper, numpy_helper  # noqa: E402
-from sdpaencoder import FFN, HEADS, HIDDEN, VOCAB, build_sdpa_encoder, build_sdpa_model_dir  # noqa: E402  # tests/ is on sys.path (conftest)
+from sdpaencoder import FFN, HEADS, HIDDEN, build_sdpa_encoder, build_sdpa_model_dir, sdpa_feeds  # noqa: E402  # tests/ is on sys.path (conftest)
 from tinybeir import write_tiny_beir  # noqa: E402
 
 from es_rerank.errors import ModelError  # noqa: E402
@@ -117,19 +117,8 @@ def test_more_ridge_fits_the_calibration_data_less_well():
 # --- graphs ---------------------------------------------------------------------------
 
 
-def _feeds(seed: int, rows: int = 16, width: int = 16) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(1, VOCAB, size=(rows, width)).astype(np.int64)
-    mask = np.ones_like(ids)
-    for r in range(rows):
-        n = int(rng.integers(2, width + 1))
-        mask[r, n:] = 0
-        ids[r, n:] = 0
-    return {"input_ids": ids, "attention_mask": mask}
-
-
-CALIBRATION = [_feeds(seed) for seed in range(10, 22)]
-HELD_OUT = _feeds(99, rows=64)  # not in the calibration set
+CALIBRATION = [sdpa_feeds(seed, rows=16, width=16) for seed in range(10, 22)]
+HELD_OUT = sdpa_feeds(99, rows=64, width=16)  # not in the calibration set
 
 
 def _scores(model, feeds=HELD_OUT) -> np.ndarray:
