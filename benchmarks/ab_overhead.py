@@ -24,13 +24,14 @@ import json
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import yaml
+
+from es_rerank.cli.serve import serve_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -103,18 +104,7 @@ class Served:
         path.write_text(yaml.safe_dump(config))
         self.log = (workdir / f"{name}.log").open("w")
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "es_rerank.cli",
-                "--log-level",
-                "warning",
-                "serve",
-                "--config",
-                str(path),
-                "--port",
-                str(self.port),
-            ],
+            serve_argv(path, port=self.port),
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )

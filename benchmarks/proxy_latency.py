@@ -18,7 +18,6 @@ import os
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +25,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 from tqdm import tqdm
+
+from es_rerank.cli.serve import serve_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -87,7 +88,7 @@ def start_proxy(
     cfg = Path(tempfile.mkdtemp()) / "bench.yaml"
     cfg.write_text(json.dumps(config))  # JSON is YAML
     proc = subprocess.Popen(
-        [sys.executable, "-m", "es_rerank.cli", "--log-level", "warning", "serve", "--config", str(cfg)],
+        serve_argv(cfg),
         stdout=subprocess.DEVNULL,
     )
     deadline = time.time() + 120

@@ -20,13 +20,14 @@ import gzip
 import json
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
+
+from es_rerank.cli.serve import serve_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,20 +123,7 @@ def main() -> None:
                 }
             )
         )
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "es_rerank.cli",
-                "--log-level",
-                "warning",
-                "serve",
-                "--config",
-                str(config),
-                "--port",
-                str(port),
-            ]
-        )
+        proc = subprocess.Popen(serve_argv(config, port=port))
         url = f"http://127.0.0.1:{port}"
         try:
             for _ in range(600):

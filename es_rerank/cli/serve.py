@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -26,3 +27,10 @@ def serve(ctx: click.Context, config_file: Path, host: str | None, port: int | N
         server.serve(load_settings(config_file), host=host, port=port, log_level=ctx.obj["log_level"])
     except RerankError as exc:
         _fail(exc)
+
+
+def serve_argv(config_file: Path, *, port: int | None = None, log_level: str = "warning") -> list[str]:
+    """The command line that runs ``es-rerank serve`` in a child process on this interpreter
+    (benchmarks and tests start real servers with it)."""
+    argv = [sys.executable, "-m", "es_rerank.cli", "--log-level", log_level, "serve", "--config", str(config_file)]
+    return argv + (["--port", str(port)] if port is not None else [])

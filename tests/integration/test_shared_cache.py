@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import pytest
 from opensearchpy import OpenSearch, helpers
 
 from es_rerank import create_app, settings_from_dict
+from es_rerank.cli.serve import serve_argv
 from es_rerank.config import SharedCacheSettings
 from es_rerank.reranker import OnnxReranker, ScoreStats
 from es_rerank.reranker._shared_cache import attach_shared_cache
@@ -254,24 +254,7 @@ def two_proxies(tmp_path, opensearch_url, tiny_model_dir, redis_server, index_do
     servers = "\n".join(f"    server p{i + 1} 127.0.0.1:{p} check inter 200 fall 1 rise 1" for i, p in enumerate(ports))
     with _haproxy(tmp_path, servers) as url:
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-        procs = {
-            f"p{i + 1}": subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "es_rerank.cli",
-                    "--log-level",
-                    "warning",
-                    "serve",
-                    "--config",
-                    str(config),
-                    "--port",
-                    str(port),
-                ],
-                env=env,
-            )
-            for i, port in enumerate(ports)
-        }
+        procs = {f"p{i + 1}": subprocess.Popen(serve_argv(config, port=port), env=env) for i, port in enumerate(ports)}
         try:
             for port in ports:
                 health = f"http://127.0.0.1:{port}/_rerank/health"
